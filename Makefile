@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck bench-breaker clean
+.PHONY: install tools run test lint typecheck bench-breaker clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -16,7 +16,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Tests use promtool (Debian's prometheus package) for real; as root, install it when missing.
+tools:
+	@command -v promtool >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -q --no-install-recommends prometheus; \
+		else echo "promtool is missing: sudo apt-get install prometheus"; exit 1; fi; }
+
+# Serves on 127.0.0.1:8080; without ALPHAVANTAGE_API_KEY, against the built-in simulator.
+run: $(STAMP)
+	$(BIN)/python -m app
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

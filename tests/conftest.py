@@ -1,5 +1,16 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+
+from app.main import create_app
+from app.settings import Settings
+from app.simulator import create_simulator
+
 
 class FakeClock:
     """A monotonic clock that moves only when a test says so."""
@@ -12,3 +23,55 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# -- the app against the in-process simulator ----------------------------------------------
+
+API_KEY = "test-key-5d1c0a"
+ADMIN_TOKEN = "test-admin-token"
+
+
+def make_settings(**overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "alphavantage_api_key": API_KEY,
+        "alphavantage_base_url": "http://simulator/query",
+        "admin_token": ADMIN_TOKEN,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def simulator() -> Starlette:
+    return create_simulator()
+
+
+@pytest.fixture
+def app(settings: Settings, simulator: Starlette) -> FastAPI:
+    return create_app(
+        settings, upstream_transport=httpx.ASGITransport(app=simulator), configure_logs=False
+    )
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app with its lifespan entered."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c,
+    ):
+        yield c
+
+
+@pytest.fixture
+async def faults(simulator: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the simulator itself, to break and heal it: `await faults.post(...)`."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=simulator), base_url="http://simulator"
+    ) as c:
+        yield c

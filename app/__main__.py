@@ -1,0 +1,83 @@
+"""`python -m app` (what `make run` does): serve on 127.0.0.1:8080.
+
+Without ALPHAVANTAGE_API_KEY it also starts the built-in Alpha Vantage simulator and points
+the service at it, so a fresh clone runs with no account.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import uvicorn
+
+from app.logs import configure_logging
+from app.main import create_app
+from app.settings import ConfigError, MissingApiKey, load_settings
+
+logger = logging.getLogger("app")
+
+
+def start_simulator(host: str, port: int) -> subprocess.Popen[bytes]:
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "app.simulator", "--host", host, "--port", str(port)]
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if simulator.poll() is not None:
+            raise SystemExit(f"the simulator exited with status {simulator.returncode}")
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return simulator
+        except OSError:
+            time.sleep(0.1)
+    simulator.terminate()
+    raise SystemExit(f"the simulator did not start listening on {host}:{port}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--simulator-port", type=int, default=8081)
+    args = parser.parse_args()
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper())
+
+    simulator = None
+    try:
+        try:
+            settings = load_settings()
+        except MissingApiKey:
+            simulator = start_simulator("127.0.0.1", args.simulator_port)
+            url = f"http://127.0.0.1:{args.simulator_port}/query"
+            os.environ["ALPHAVANTAGE_BASE_URL"] = url
+            os.environ["ALPHAVANTAGE_API_KEY"] = "simulator"
+            logger.warning(
+                "ALPHAVANTAGE_API_KEY is not set: serving from the built-in Alpha Vantage "
+                "simulator at %s (break it with POST /_faults; set the key for real data)",
+                url,
+            )
+            settings = load_settings()
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            access_log=False,
+        )
+    except ConfigError as exc:
+        logger.critical("%s", exc)
+        raise SystemExit(2) from None
+    finally:
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

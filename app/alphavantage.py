@@ -1,0 +1,151 @@
+"""An Alpha Vantage client: one HTTP call per method, answers classified into app.errors.
+
+Alpha Vantage answers nearly every failure with HTTP 200 and a JSON message, and the same key
+("Information", "Note", "Error Message") has carried rate limits, premium gates and key errors
+over the years, so messages are classified by what they say, never by which key holds them.
+Upstream text is never passed on: rate-limit messages quote the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from app.errors import (
+    BadUpstreamResponse,
+    RateLimited,
+    UnknownSymbol,
+    UpstreamRefused,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from app.models import DailySeries, PricePoint, Quote
+
+DAILY = "TIME_SERIES_DAILY"
+QUOTE = "GLOBAL_QUOTE"
+FUNCTIONS = (DAILY, QUOTE)
+
+MESSAGE_KEYS = ("Error Message", "Information", "Note")
+# (words that mark a throttle message, seconds a client should wait before trying again)
+# The old "Note" names both its per-minute and per-day limits; per minute was the usual cause.
+RATE_LIMIT_WORDS = (
+    (("per minute",), 60),
+    (("per day",), 3600),
+    (("per second", "sparingly", "rate limit", "call frequency"), 1),
+)
+
+
+def classify_message(function: str, payload: dict[str, Any]) -> Exception:
+    """The error for an answer that is not data: a message, `{}`, or an unknown shape."""
+    text = " ".join(str(payload[key]) for key in MESSAGE_KEYS if key in payload).lower()
+    if not text:
+        if payload.get("Global Quote") == {}:
+            return UnknownSymbol("unknown symbol")
+        what = "an empty answer" if not payload else "an answer without the expected data"
+        return BadUpstreamResponse(f"Alpha Vantage sent {what} for {function}")
+    # Throttle messages also mention the key and premium plans: check them first.
+    for words, retry_after in RATE_LIMIT_WORDS:
+        if any(word in text for word in words):
+            return RateLimited("Alpha Vantage rate limit reached", retry_after)
+    if "premium" in text:
+        return UpstreamRefused(f"Alpha Vantage requires a premium plan for {function}")
+    if "demo" in text:
+        return UpstreamRefused("Alpha Vantage refused the demo API key")
+    if "apikey" in text or "api key" in text:
+        return UpstreamRefused("Alpha Vantage rejected the API key (invalid or missing)")
+    if "Error Message" in payload:
+        return UnknownSymbol("unknown symbol")
+    return BadUpstreamResponse(f"Alpha Vantage sent an unrecognised message for {function}")
+
+
+def parse_daily(payload: dict[str, Any]) -> DailySeries:
+    meta, series = payload.get("Meta Data"), payload.get("Time Series (Daily)")
+    if not isinstance(meta, dict) or not isinstance(series, dict):
+        raise classify_message(DAILY, payload)
+    try:
+        prices = tuple(
+            PricePoint(
+                date=dt.date.fromisoformat(day),
+                open=float(bar["1. open"]),
+                high=float(bar["2. high"]),
+                low=float(bar["3. low"]),
+                close=float(bar["4. close"]),
+                volume=int(float(bar["5. volume"])),
+            )
+            for day, bar in sorted(series.items(), reverse=True)
+        )
+        return DailySeries(
+            symbol=str(meta["2. Symbol"]).upper(),
+            last_refreshed=str(meta["3. Last Refreshed"]),
+            time_zone=str(meta.get("5. Time Zone", "US/Eastern")),
+            prices=prices,
+        )
+    except (KeyError, TypeError, ValueError):
+        raise BadUpstreamResponse("Alpha Vantage sent a malformed daily series") from None
+
+
+def parse_quote(payload: dict[str, Any]) -> Quote:
+    quote = payload.get("Global Quote")
+    if not isinstance(quote, dict) or not quote:
+        raise classify_message(QUOTE, payload)
+    try:
+        return Quote(
+            symbol=str(quote["01. symbol"]).upper(),
+            open=float(quote["02. open"]),
+            high=float(quote["03. high"]),
+            low=float(quote["04. low"]),
+            price=float(quote["05. price"]),
+            volume=int(float(quote["06. volume"])),
+            latest_trading_day=dt.date.fromisoformat(quote["07. latest trading day"]),
+            previous_close=float(quote["08. previous close"]),
+            change=float(quote["09. change"]),
+            change_percent=float(str(quote["10. change percent"]).rstrip("%")),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise BadUpstreamResponse("Alpha Vantage sent a malformed quote") from None
+
+
+class AlphaVantageClient:
+    def __init__(
+        self, http: httpx.AsyncClient, *, api_key: SecretStr, base_url: str, timeout: float
+    ) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._base_url = base_url
+        self._timeout = timeout
+
+    async def daily(self, symbol: str) -> DailySeries:
+        """The latest 100 trading days (outputsize=compact: `full` is premium)."""
+        return parse_daily(await self._get(DAILY, symbol, outputsize="compact"))
+
+    async def quote(self, symbol: str) -> Quote:
+        return parse_quote(await self._get(QUOTE, symbol))
+
+    async def _get(self, function: str, symbol: str, **extra: str) -> dict[str, Any]:
+        # The symbol travels only as an encoded query parameter, never formatted into the URL.
+        params = {"function": function, "symbol": symbol, **extra}
+        params["apikey"] = self._api_key.get_secret_value()
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await self._http.get(self._base_url, params=params)
+        except (TimeoutError, httpx.TimeoutException):
+            raise UpstreamTimeout(
+                f"Alpha Vantage did not answer within {self._timeout:g} s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(
+                f"could not reach Alpha Vantage ({type(exc).__name__})"
+            ) from None
+        if response.status_code != 200:
+            raise BadUpstreamResponse(f"Alpha Vantage answered HTTP {response.status_code}")
+        try:
+            payload = response.json()
+        except ValueError:
+            raise BadUpstreamResponse("Alpha Vantage sent a body that is not JSON") from None
+        if not isinstance(payload, dict):
+            raise BadUpstreamResponse("Alpha Vantage sent JSON that is not an object")
+        return payload

@@ -1,0 +1,94 @@
+"""A bounded TTL cache that keeps expired entries for degraded serving, and single-flight calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit(Generic[V]):
+    value: V
+    fresh: bool  # younger than the TTL; otherwise only fit to serve while upstream fails
+
+
+class TTLCache(Generic[K, V]):
+    """Entries are fresh for `ttl` seconds and kept `stale` seconds longer; the least recently
+    used entry goes first once there are `max_entries`."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        stale: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl
+        self._keep = ttl + stale
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> Hit[V] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, stored_at = entry
+        age = self._clock() - stored_at
+        if age >= self._keep:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return Hit(value, age < self._ttl)
+
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = (value, self._clock())
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+
+class SingleFlight(Generic[K, V]):
+    """Concurrent `run`s with the same key share one call.
+
+    The call runs in its own task, and callers wait on it through `asyncio.shield`: a caller
+    that goes away (a client disconnect) does not cancel the call the others are waiting for.
+    """
+
+    def __init__(self) -> None:
+        self._flights: dict[K, asyncio.Task[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    async def run(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
+        task = self._flights.get(key)
+        if task is None:
+            task = asyncio.ensure_future(fn())
+            self._flights[key] = task
+            task.add_done_callback(lambda done: self._land(key, done))
+        return await asyncio.shield(task)
+
+    def _land(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._flights.get(key) is task:
+            del self._flights[key]
+        if not task.cancelled():
+            task.exception()  # retrieved, so a flight nobody awaits any more is not reported
+
+    async def aclose(self) -> None:
+        """Cancel the calls still in flight (at shutdown)."""
+        tasks = list(self._flights.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,71 @@
+"""Every way an Alpha Vantage call can fail, in one place.
+
+    UpstreamError                 the base; `outcome` is the metric label for the failure
+    ├── UnknownSymbol             Alpha Vantage does not know the symbol (neutral for the breaker)
+    └── UpstreamFailure           counts as a failure for the breaker
+        ├── RateLimited           a per-second, per-minute or per-day quota is spent
+        ├── UpstreamRefused       the key is invalid, or the call needs a premium plan
+        ├── BadUpstreamResponse   non-200 status, body not JSON, or not the expected shape
+        ├── UpstreamUnavailable   connection refused, reset or dropped
+        └── UpstreamTimeout       no complete answer within the upstream timeout
+
+The HTTP layer maps them to 404, 503, 502, 502, 502 and 504.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class UpstreamError(Exception):
+    outcome: ClassVar[str]
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UnknownSymbol(UpstreamError):
+    outcome = "unknown_symbol"
+
+
+class UpstreamFailure(UpstreamError):
+    outcome = "failure"
+
+
+class RateLimited(UpstreamFailure):
+    outcome = "rate_limited"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class UpstreamRefused(UpstreamFailure):
+    outcome = "refused"
+
+
+class BadUpstreamResponse(UpstreamFailure):
+    outcome = "bad_response"
+
+
+class UpstreamUnavailable(UpstreamFailure):
+    outcome = "unavailable"
+
+
+class UpstreamTimeout(UpstreamFailure):
+    outcome = "timeout"
+
+
+# Label values for the upstream-calls metric, so every series exists from the start.
+OUTCOMES = (
+    "success",
+    "cancelled",
+    "error",  # an unexpected exception: a bug, not an upstream answer
+    UnknownSymbol.outcome,
+    RateLimited.outcome,
+    UpstreamRefused.outcome,
+    BadUpstreamResponse.outcome,
+    UpstreamUnavailable.outcome,
+    UpstreamTimeout.outcome,
+)

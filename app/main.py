@@ -1,0 +1,162 @@
+"""The FastAPI app: `uvicorn app.main:app`, or `create_app(settings)` in tests."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app import alphavantage
+from app.alphavantage import AlphaVantageClient
+from app.breaker import CircuitBreaker, CircuitOpenError
+from app.cache import TTLCache
+from app.deps import Resources
+from app.errors import RateLimited, UnknownSymbol, UpstreamError, UpstreamTimeout
+from app.logs import configure_logging
+from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
+from app.models import DailySeries, Quote
+from app.routes import breaker as breaker_routes
+from app.routes import ops, stock
+from app.service import StockService
+from app.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+BREAKER_NAME = "alphavantage"
+SYMBOL_RULE = "must be 1 to 20 letters or digits, in groups joined by single '.' or '-'"
+ROUTES = ("/stock/{symbol}", "/stock/{symbol}/quote", "/circuit-breaker", "/metrics")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+    configure_logs: bool = True,
+) -> FastAPI:
+    """Build the app. Without `settings`, they are read from the environment at startup.
+
+    `upstream_transport` replaces the network under the Alpha Vantage client (tests mount the
+    simulator there). `configure_logs=False` leaves the process's logging alone.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or load_settings()
+        secrets = [
+            secret.get_secret_value()
+            for secret in (resolved.alphavantage_api_key, resolved.admin_token)
+            if secret is not None
+        ]
+        if configure_logs:
+            configure_logging(resolved.log_level, secrets)
+        async with httpx.AsyncClient(
+            timeout=resolved.upstream_timeout_seconds,
+            headers={"User-Agent": "stock-service"},
+            transport=upstream_transport,
+        ) as http:
+            app.state.resources = build_resources(resolved, http, metrics)
+            app.state.ready = True
+            logger.info(
+                "started",
+                extra={"upstream": resolved.alphavantage_base_url, "breaker": BREAKER_NAME},
+            )
+            try:
+                yield
+            finally:
+                app.state.ready = False
+                await app.state.resources.service.aclose()
+
+    metrics = Metrics(alphavantage.FUNCTIONS, ROUTES)
+    app = FastAPI(
+        title="stock-service",
+        summary="Stock prices from Alpha Vantage behind a circuit breaker",
+        lifespan=lifespan,
+    )
+    app.include_router(stock.router)
+    app.include_router(breaker_routes.router)
+    app.include_router(ops.router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    add_error_handlers(app)
+    return app
+
+
+def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> Resources:
+    breaker = CircuitBreaker(
+        BREAKER_NAME,
+        failure_threshold=settings.breaker_failure_threshold,
+        success_threshold=settings.breaker_success_threshold,
+        timeout=settings.breaker_timeout_seconds,
+        half_open_max_calls=settings.breaker_half_open_max_calls,
+        # An unknown symbol is a good answer about a bad question: no reason to trip.
+        is_failure=lambda exc: not isinstance(exc, UnknownSymbol),
+        listeners=[metrics],
+    )
+    metrics.watch(breaker)
+    client = AlphaVantageClient(
+        http,
+        api_key=settings.alphavantage_api_key,
+        base_url=settings.alphavantage_base_url,
+        timeout=settings.upstream_timeout_seconds,
+    )
+    cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
+        ttl=settings.cache_ttl_seconds,
+        stale=settings.cache_stale_seconds,
+        max_entries=settings.cache_max_entries,
+    )
+    service = StockService(client, breaker, cache, metrics)
+    return Resources(settings, http, breaker, metrics, service)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error answers `{"detail": "..."}`; none shows a traceback."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{error['loc'][-1]}: "
+            + (SYMBOL_RULE if error["loc"][-1] == "symbol" else error["msg"])
+            for error in exc.errors()
+            if error.get("loc")
+        )
+        return JSONResponse({"detail": problems or "invalid request"}, status_code=422)
+
+    @app.exception_handler(UpstreamError)
+    async def upstream_error(request: Request, exc: UpstreamError) -> JSONResponse:
+        if isinstance(exc, UnknownSymbol):
+            symbol = str(request.path_params.get("symbol", "")).upper()
+            return JSONResponse({"detail": f"unknown symbol: {symbol}"}, status_code=404)
+        if isinstance(exc, RateLimited):
+            return JSONResponse(
+                {"detail": exc.detail},
+                status_code=503,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        status_code = 504 if isinstance(exc, UpstreamTimeout) else 502
+        return JSONResponse({"detail": exc.detail}, status_code=status_code)
+
+    @app.exception_handler(CircuitOpenError)
+    async def breaker_open(request: Request, exc: CircuitOpenError) -> JSONResponse:
+        retry_after = max(1, math.ceil(exc.retry_after))
+        return JSONResponse(
+            {
+                "detail": "Alpha Vantage is failing and the circuit breaker is "
+                f"{exc.state.value}; no cached copy to serve. Retry after {retry_after} s."
+            },
+            status_code=503,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+app = create_app()

@@ -1,0 +1,146 @@
+"""Prometheus metrics, one registry per app so that tests and apps never share series.
+
+No label ever carries a symbol or a raw path: routes are templates, upstream calls are named by
+function, and every known label value exists from startup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from app.breaker import CircuitBreaker, CircuitOpenError, Listener, State
+from app.errors import OUTCOMES
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+STATE_VALUES = {State.CLOSED: 0, State.OPEN: 1, State.HALF_OPEN: 2}
+CACHE_RESULTS = ("hit", "miss", "stale")
+UNMATCHED_ROUTE = "unmatched"
+
+UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _BreakerStates:
+    """Computes the state gauge at scrape time, so it reads HALF_OPEN after the open timeout
+    even when no call has come since."""
+
+    def __init__(self) -> None:
+        self.breakers: list[CircuitBreaker] = []
+
+    def collect(self) -> Iterable[Metric]:
+        gauge = GaugeMetricFamily(
+            "stock_api_circuit_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            labels=["breaker"],
+        )
+        for breaker in self.breakers:
+            gauge.add_metric([breaker.name], STATE_VALUES[breaker.state])
+        yield gauge
+
+
+class Metrics(Listener):
+    """The service's metrics; also the breakers' listener (call outcomes are counted by
+    function in observe_upstream, which sees what the breaker does not)."""
+
+    def __init__(self, functions: Sequence[str], routes: Sequence[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._states = _BreakerStates()
+        self.registry.register(self._states)
+        self.state_changes = Counter(
+            "stock_api_circuit_breaker_state_changes_total",
+            "Circuit breaker state transitions.",
+            ["breaker", "from_state", "to_state"],
+            registry=self.registry,
+        )
+        self.rejected_calls = Counter(
+            "stock_api_circuit_breaker_rejected_calls_total",
+            "Calls the circuit breaker rejected without calling upstream.",
+            ["breaker"],
+            registry=self.registry,
+        )
+        self.upstream_calls = Counter(
+            "stock_api_upstream_calls_total",
+            "Calls to Alpha Vantage by function and outcome.",
+            ["function", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_duration = Histogram(
+            "stock_api_upstream_request_duration_seconds",
+            "Time taken by calls to Alpha Vantage.",
+            ["function"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=self.registry,
+        )
+        self.cache_requests = Counter(
+            "stock_api_cache_requests_total",
+            "Cache lookups: hit (fresh), miss (went upstream), stale (served expired).",
+            ["function", "result"],
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "stock_api_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "stock_api_http_request_duration_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            buckets=HTTP_BUCKETS,
+            registry=self.registry,
+        )
+        # Pre-bound children: .labels() costs a lock and a dict lookup on every request.
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+        for function in functions:
+            self.upstream_duration.labels(function)
+            for outcome in OUTCOMES:
+                self.upstream_calls.labels(function, outcome)
+            for result in CACHE_RESULTS:
+                self.cache_requests.labels(function, result)
+        for route in routes:
+            self.http_duration.labels(route, "GET")
+
+    def watch(self, breaker: CircuitBreaker) -> None:
+        """Export `breaker`'s state and initialise its series."""
+        self._states.breakers.append(breaker)
+        self.rejected_calls.labels(breaker.name)
+        for old in State:
+            for new in State:
+                if old is not new:
+                    self.state_changes.labels(breaker.name, old.value, new.value)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        children = self._http_children.get((route, method, status))
+        if children is None:
+            children = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_duration.labels(route, method),
+            )
+            self._http_children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_upstream(self, function: str, outcome: str, seconds: float) -> None:
+        self.upstream_calls.labels(function, outcome).inc()
+        self.upstream_duration.labels(function).observe(seconds)
+
+    def count_cache(self, function: str, result: str) -> None:
+        self.cache_requests.labels(function, result).inc()
+
+    # -- Listener ------------------------------------------------------------------------
+
+    def state_changed(self, breaker: CircuitBreaker, old: State, new: State) -> None:
+        self.state_changes.labels(breaker.name, old.value, new.value).inc()
+
+    def call_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None:
+        self.rejected_calls.labels(breaker.name).inc()

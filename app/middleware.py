@@ -1,0 +1,75 @@
+"""Request id, access log and HTTP metrics, as plain ASGI middleware (cheaper than
+BaseHTTPMiddleware, and it never buffers a response)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.logs import request_id
+from app.metrics import UNMATCHED_ROUTE, Metrics
+
+logger = logging.getLogger("app.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+# A caller's request id is echoed only if it is short and plain; anything else is replaced.
+_USABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        rid = _request_id(scope)
+        token = request_id.set(rid)
+        header = (REQUEST_ID_HEADER, rid.encode())
+        status = 500  # what the client gets if the app dies before answering
+        started = time.perf_counter()
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route: str = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
+            method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
+            self.metrics.observe_http(route, method, status, seconds)
+            logger.info(
+                "%s %s %d",
+                method,
+                route,
+                status,
+                extra={
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                },
+            )
+            request_id.reset(token)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            candidate: str = value.decode("latin-1")
+            if _USABLE_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex

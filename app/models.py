@@ -1,0 +1,78 @@
+"""The shapes the service returns. Field names are the HTTP contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Source = Literal["upstream", "cache", "stale"]
+
+
+class PricePoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    date: dt.date
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: int
+
+
+class DailySeries(BaseModel):
+    """Daily bars as Alpha Vantage gives them, newest first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    symbol: str
+    last_refreshed: str
+    time_zone: str
+    prices: tuple[PricePoint, ...]
+
+
+class DailyPrices(BaseModel):
+    symbol: str
+    last_refreshed: str
+    time_zone: str
+    source: Source
+    prices: tuple[PricePoint, ...]
+
+
+class Quote(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    symbol: str
+    price: float
+    open: float
+    high: float
+    low: float
+    volume: int
+    latest_trading_day: dt.date
+    previous_close: float
+    change: float
+    change_percent: float
+
+
+class QuoteAnswer(Quote):
+    source: Source
+
+
+class BreakerStatus(BaseModel):
+    name: str
+    state: Literal["closed", "open", "half_open"]
+    failure_count: int
+    success_count: int
+    failure_threshold: int
+    success_threshold: int
+    timeout_seconds: float
+    half_open_max_calls: int
+    last_failure_time: dt.datetime | None
+    opened_at: dt.datetime | None
+    retry_after_seconds: float
+    forced_open: bool
+
+
+class ErrorBody(BaseModel):
+    detail: str

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.deps import ResourcesDep
+from app.metrics import CONTENT_TYPE_LATEST
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process serves. The breaker's state does not matter here."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(request: Request) -> dict[str, str] | JSONResponse:
+    """Startup is complete and shutdown has not begun. An open breaker still counts as ready:
+    it must not pull every replica out of the load balancer at once."""
+    if getattr(request.app.state, "ready", False):
+        return {"status": "ready"}
+    return JSONResponse({"detail": "not ready"}, status_code=503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(resources: ResourcesDep) -> Response:
+    return Response(resources.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,107 @@
+"""Stock data with caching, coalescing and graceful degradation around the breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from app.alphavantage import DAILY, QUOTE, AlphaVantageClient
+from app.breaker import CircuitBreaker, CircuitOpenError
+from app.cache import SingleFlight, TTLCache
+from app.errors import UpstreamError, UpstreamFailure
+from app.metrics import Metrics
+from app.models import DailySeries, Quote, Source
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T", DailySeries, Quote)
+Key = tuple[str, str]  # (function, symbol)
+
+
+class StockService:
+    def __init__(
+        self,
+        client: AlphaVantageClient,
+        breaker: CircuitBreaker,
+        cache: TTLCache[Key, DailySeries | Quote],
+        metrics: Metrics,
+    ) -> None:
+        self._client = client
+        self._breaker = breaker
+        self._cache = cache
+        self._metrics = metrics
+        self._flights: SingleFlight[Key, DailySeries | Quote] = SingleFlight()
+
+    async def daily(self, symbol: str) -> tuple[DailySeries, Source]:
+        return await self._get(DAILY, symbol, self._client.daily, DailySeries)
+
+    async def quote(self, symbol: str) -> tuple[Quote, Source]:
+        return await self._get(QUOTE, symbol, self._client.quote, Quote)
+
+    async def aclose(self) -> None:
+        await self._flights.aclose()
+
+    async def _get(
+        self,
+        function: str,
+        symbol: str,
+        fetch: Callable[[str], Awaitable[T]],
+        kind: type[T],
+    ) -> tuple[T, Source]:
+        key = (function, symbol)
+        hit = self._cache.get(key)
+        if hit is not None and hit.fresh:
+            self._metrics.count_cache(function, "hit")
+            return self._as(kind, hit.value), "cache"
+        self._metrics.count_cache(function, "miss")
+        try:
+            value = await self._flights.run(key, lambda: self._fetch(key, fetch))
+        except (UpstreamFailure, CircuitOpenError) as exc:
+            if hit is None:
+                raise
+            self._metrics.count_cache(function, "stale")
+            logger.info(
+                "serving a stale copy",
+                extra={"function": function, "symbol": symbol, "cause": type(exc).__name__},
+            )
+            return self._as(kind, hit.value), "stale"
+        return self._as(kind, value), "upstream"
+
+    async def _fetch(self, key: Key, fetch: Callable[[str], Awaitable[T]]) -> T:
+        value = await self._breaker.call(self._observed, key, fetch)
+        self._cache.put(key, value)
+        return value
+
+    async def _observed(self, key: Key, fetch: Callable[[str], Awaitable[T]]) -> T:
+        function, symbol = key
+        outcome = "error"
+        started = time.perf_counter()
+        try:
+            value = await fetch(symbol)
+        except UpstreamError as exc:
+            outcome = exc.outcome
+            if isinstance(exc, UpstreamFailure):
+                logger.warning(
+                    "upstream call failed: %s",
+                    exc.detail,
+                    extra={"function": function, "symbol": symbol, "outcome": outcome},
+                )
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        else:
+            outcome = "success"
+            return value
+        finally:
+            self._metrics.observe_upstream(function, outcome, time.perf_counter() - started)
+
+    @staticmethod
+    def _as(kind: type[T], value: DailySeries | Quote) -> T:
+        # One cache holds both kinds; the function in the key decides which one a value is.
+        if not isinstance(value, kind):
+            raise TypeError(f"cached {type(value).__name__} where {kind.__name__} belongs")
+        return value

@@ -1,0 +1,80 @@
+"""Configuration from the environment (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ALPHAVANTAGE_URL = "https://www.alphavantage.co/query"
+
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed. The message names the variable."""
+
+
+class MissingApiKey(ConfigError):
+    """ALPHAVANTAGE_API_KEY is not set (`make run` then starts the simulator)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    alphavantage_api_key: SecretStr
+    alphavantage_base_url: str = ALPHAVANTAGE_URL
+    upstream_timeout_seconds: PositiveSeconds = 10.0
+    breaker_failure_threshold: AtLeastOne = 5
+    breaker_success_threshold: AtLeastOne = 3
+    breaker_timeout_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
+    breaker_half_open_max_calls: AtLeastOne = 1
+    cache_ttl_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
+    cache_stale_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 86400.0
+    cache_max_entries: AtLeastOne = 10_000
+    admin_token: SecretStr | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("alphavantage_api_key", mode="before")
+    @classmethod
+    def _blank_key_is_missing(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            raise PydanticCustomError("missing", "is empty")
+        return value
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("alphavantage_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def load_settings() -> Settings:
+    """Read the settings, turning a validation error into one line that names the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+    if [(e["loc"], e["type"]) for e in errors] == [(("alphavantage_api_key",), "missing")]:
+        raise MissingApiKey(
+            "ALPHAVANTAGE_API_KEY is not set: set it to your Alpha Vantage key "
+            "(`make run` without a key serves from the built-in simulator instead)"
+        )
+    problems = "; ".join(
+        f"{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}" for e in errors
+    )
+    raise ConfigError(f"invalid configuration: {problems}")

@@ -1,0 +1,284 @@
+"""A built-in Alpha Vantage simulator: a Starlette app answering in Alpha Vantage's real shapes.
+
+Run it with `python -m app.simulator --host 127.0.0.1 --port 8081`.
+
+`GET /query` serves TIME_SERIES_DAILY (compact: the latest 100 weekdays up to today, UTC;
+outputsize=full answers the premium message) and GLOBAL_QUOTE (the newest daily bar). Every
+number is a string. Prices are a random walk seeded from the symbol, so a symbol always gets
+the same series on a given day. Any non-empty apikey is accepted.
+
+Symbols are upper-cased; every well-formed symbol is known, except that "ZZ..." symbols are
+unknown to the simulator: they get Alpha Vantage's unknown-symbol answers.
+
+Faults are switched at run time with `POST /_faults {"mode": ..., "delay_seconds": ...}` (see
+`FaultMode`); `GET /_stats` counts the /query calls received per function, faulty ones
+included, and `POST /_stats/reset` zeroes the counters. All state lives on the app instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import enum
+import hashlib
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+COMPACT_DAYS = 100
+DEFAULT_DELAY_SECONDS = 2.0
+SYMBOL_RE = re.compile(r"^[A-Z0-9]+(?:[.-][A-Z0-9]+)*$")
+MAX_SYMBOL_LENGTH = 20
+
+DOCS_URL = "https://www.alphavantage.co/documentation/"
+APIKEY_ERROR = (
+    "the parameter apikey is invalid or missing. Please claim your free API key on "
+    "(https://www.alphavantage.co/support/#api-key). It should take less than 20 seconds."
+)
+PREMIUM_INFO = (
+    "Thank you for using Alpha Vantage! This is a premium endpoint. You may subscribe to any of "
+    "the premium plans at https://www.alphavantage.co/premium/ to instantly unlock all premium "
+    "endpoints"
+)
+FULL_OUTPUT_INFO = (
+    "Thank you for using Alpha Vantage! The outputsize=full parameter value is a premium feature "
+    "for the TIME_SERIES_DAILY endpoint. You may subscribe to any of the premium plans at "
+    "https://www.alphavantage.co/premium/ to instantly unlock all premium features"
+)
+OUTAGE_PAGE = "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+
+
+class FaultMode(enum.StrEnum):
+    HEALTHY = "healthy"
+    DOWN = "down"  # 503 with an HTML page
+    SLOW = "slow"  # sleeps delay_seconds, then answers normally
+    RATE_LIMITED = "rate_limited"  # the daily-limit Information message
+    HTTP_500 = "http_500"  # 500 with a plain-text body
+    BAD_JSON = "bad_json"  # 200 application/json, truncated document
+    DROP = "drop"  # connection aborted mid-body
+    INVALID_KEY = "invalid_key"  # the apikey Error Message
+    PREMIUM = "premium"  # the premium-endpoint Information message
+
+
+_MODE_NAMES = tuple(mode.value for mode in FaultMode)
+
+
+@dataclass
+class SimulatorState:
+    mode: FaultMode = FaultMode.HEALTHY
+    delay_seconds: float = DEFAULT_DELAY_SECONDS
+    calls: Counter[str] = field(default_factory=Counter)
+
+
+class SimulatedDropError(Exception):
+    """Raised after a partial body so that the server aborts the connection."""
+
+
+class _DroppedResponse(Response):
+    """Announces the whole body in content-length but sends only half of it.
+
+    uvicorn then aborts the connection and logs the error as "Exception in ASGI application".
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        await send(start)
+        partial = self.body[: len(self.body) // 2]
+        await send({"type": "http.response.body", "body": partial, "more_body": True})
+        raise SimulatedDropError("connection dropped by the Alpha Vantage simulator")
+
+
+def _utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def _invalid_call(function: str) -> dict[str, Any]:
+    target = f" for {function}" if function else ""
+    message = f"Invalid API call. Please retry or visit the documentation ({DOCS_URL}){target}."
+    return {"Error Message": message}
+
+
+def _known(symbol: str) -> bool:
+    well_formed = len(symbol) <= MAX_SYMBOL_LENGTH and SYMBOL_RE.match(symbol) is not None
+    return well_formed and not symbol.startswith("ZZ")
+
+
+def _daily_bars(symbol: str, today: dt.date) -> list[tuple[dt.date, dict[str, str]]]:
+    """The latest COMPACT_DAYS weekday bars up to `today`, newest first."""
+    days: list[dt.date] = []
+    day = today
+    while len(days) < COMPACT_DAYS:
+        if day.weekday() < 5:
+            days.append(day)
+        day -= dt.timedelta(days=1)
+    # Simulated market data, not cryptography.
+    rng = random.Random(hashlib.sha256(symbol.encode()).digest())  # noqa: S311
+    close = math.exp(rng.uniform(math.log(5), math.log(800)))
+    base_volume = math.exp(rng.uniform(math.log(3e5), math.log(3e7)))
+    bars: list[tuple[dt.date, dict[str, str]]] = []
+    for day in reversed(days):
+        step = rng.gauss(0, 0.015)
+        if not 5 <= close * math.exp(step) <= 800:
+            step = -step  # reflect, so the level stays in its 5..800 range
+        open_ = round(close * (1 + rng.gauss(0, 0.004)), 2)
+        close = round(close * math.exp(step), 2)
+        # Derived from the rounded open and close, so high >= both and low <= both hold exactly.
+        high = round(max(open_, close) * (1 + abs(rng.gauss(0, 0.006))), 2)
+        low = round(min(open_, close) * (1 - abs(rng.gauss(0, 0.006))), 2)
+        volume = min(max(int(base_volume * rng.lognormvariate(0, 0.3)), 10**5), 10**8 - 1)
+        bar = {"1. open": open_, "2. high": high, "3. low": low, "4. close": close}
+        formatted = {key: f"{price:.4f}" for key, price in bar.items()}
+        bars.append((day, formatted | {"5. volume": str(volume)}))
+    return bars[::-1]
+
+
+def _time_series_daily(symbol: str, params: Mapping[str, str], today: dt.date) -> dict[str, Any]:
+    if params.get("outputsize") == "full":
+        return {"Information": FULL_OUTPUT_INFO}
+    if not _known(symbol):
+        return _invalid_call("TIME_SERIES_DAILY")
+    bars = _daily_bars(symbol, today)
+    meta = {
+        "1. Information": "Daily Prices (open, high, low, close) and Volumes",
+        "2. Symbol": symbol,
+        "3. Last Refreshed": bars[0][0].isoformat(),
+        "4. Output Size": "Compact",
+        "5. Time Zone": "US/Eastern",
+    }
+    return {"Meta Data": meta, "Time Series (Daily)": {d.isoformat(): b for d, b in bars}}
+
+
+def _global_quote(symbol: str, today: dt.date) -> dict[str, Any]:
+    if not _known(symbol):
+        return {"Global Quote": {}}
+    (day, bar), (_, previous) = _daily_bars(symbol, today)[:2]
+    price, prev_close = float(bar["4. close"]), float(previous["4. close"])
+    change = price - prev_close
+    quote = {
+        "01. symbol": symbol,
+        "02. open": bar["1. open"],
+        "03. high": bar["2. high"],
+        "04. low": bar["3. low"],
+        "05. price": bar["4. close"],
+        "06. volume": bar["5. volume"],
+        "07. latest trading day": day.isoformat(),
+        "08. previous close": previous["4. close"],
+        "09. change": f"{change:.4f}",
+        "10. change percent": f"{change / prev_close * 100:.4f}%",
+    }
+    return {"Global Quote": quote}
+
+
+def _answer(params: Mapping[str, str], today: dt.date) -> dict[str, Any]:
+    """The healthy answer to a /query request."""
+    if not params.get("apikey"):
+        return {"Error Message": APIKEY_ERROR}
+    function = params.get("function", "")
+    symbol = params.get("symbol", "").upper()
+    if function == "TIME_SERIES_DAILY":
+        return _time_series_daily(symbol, params, today)
+    if function == "GLOBAL_QUOTE":
+        return _global_quote(symbol, today)
+    return _invalid_call(function)
+
+
+def create_simulator(*, today: Callable[[], dt.date] = _utc_today) -> Starlette:
+    """A fresh simulator with its own fault state and call counters; `today` is for tests."""
+    sim = SimulatorState()
+
+    async def query(request: Request) -> Response:
+        params = request.query_params
+        sim.calls[params.get("function") or "(missing)"] += 1
+        mode = sim.mode
+        if mode is FaultMode.DOWN:
+            return HTMLResponse(OUTAGE_PAGE, status_code=503)
+        if mode is FaultMode.HTTP_500:
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        if mode is FaultMode.RATE_LIMITED:
+            key = params.get("apikey", "")
+            info = (
+                f"We have detected your API key as {key} and our standard API rate limit is 25 "
+                "requests per day. Please subscribe to any of the premium plans at "
+                "https://www.alphavantage.co/premium/ to instantly remove all daily rate limits."
+            )
+            return JSONResponse({"Information": info})
+        if mode is FaultMode.INVALID_KEY:
+            return JSONResponse({"Error Message": APIKEY_ERROR})
+        if mode is FaultMode.PREMIUM:
+            return JSONResponse({"Information": PREMIUM_INFO})
+        if mode is FaultMode.SLOW:
+            await asyncio.sleep(sim.delay_seconds)
+        answer = JSONResponse(_answer(params, today()))
+        if mode is FaultMode.BAD_JSON:
+            # At most half of the document, so even a tiny answer like {"Global Quote": {}} breaks.
+            body = answer.body[: min(40, len(answer.body) // 2)]
+            return Response(body, media_type="application/json")
+        if mode is FaultMode.DROP:
+            return _DroppedResponse(answer.body, media_type="application/json")
+        return answer
+
+    def fault_state() -> JSONResponse:
+        return JSONResponse({"mode": sim.mode.value, "delay_seconds": sim.delay_seconds})
+
+    async def faults(request: Request) -> Response:
+        if request.method == "GET":
+            return fault_state()
+        try:
+            payload = await request.json()
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return JSONResponse({"detail": "body must be a JSON object"}, status_code=422)
+        mode = payload.get("mode")
+        if mode not in _MODE_NAMES:
+            detail = f"mode must be one of: {', '.join(_MODE_NAMES)}"
+            return JSONResponse({"detail": detail}, status_code=422)
+        delay = payload.get("delay_seconds", DEFAULT_DELAY_SECONDS)
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 3600:
+            detail = "delay_seconds must be a number of seconds from 0 to 3600"
+            return JSONResponse({"detail": detail}, status_code=422)
+        sim.mode, sim.delay_seconds = FaultMode(mode), float(delay)
+        return fault_state()
+
+    async def stats(request: Request) -> Response:
+        if request.url.path.endswith("/reset"):
+            sim.calls.clear()
+        return JSONResponse({"calls": dict(sim.calls), "total": sim.calls.total()})
+
+    app = Starlette(
+        routes=[
+            Route("/query", query, methods=["GET"]),
+            Route("/_faults", faults, methods=["GET", "POST"]),
+            Route("/_stats", stats, methods=["GET"]),
+            Route("/_stats/reset", stats, methods=["POST"]),
+        ]
+    )
+    app.state.simulator = sim
+    return app
+
+
+app = create_simulator()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the Alpha Vantage simulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    args = parser.parse_args(argv)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

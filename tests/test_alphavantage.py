@@ -1,0 +1,311 @@
+"""The Alpha Vantage client against respx-mocked answers in the real API's shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from pydantic import SecretStr
+
+from app.alphavantage import AlphaVantageClient
+from app.errors import (
+    BadUpstreamResponse,
+    RateLimited,
+    UnknownSymbol,
+    UpstreamError,
+    UpstreamFailure,
+    UpstreamRefused,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+URL = "https://www.alphavantage.co/query"
+KEY = "client-test-key"
+
+DAILY: dict[str, Any] = {
+    "Meta Data": {
+        "1. Information": "Daily Prices (open, high, low, close) and Volumes",
+        "2. Symbol": "IBM",
+        "3. Last Refreshed": "2023-11-28",
+        "4. Output Size": "Compact",
+        "5. Time Zone": "US/Eastern",
+    },
+    "Time Series (Daily)": {
+        "2023-11-27": {
+            "1. open": "154.9900",
+            "2. high": "156.1350",
+            "3. low": "154.7500",
+            "4. close": "155.5700",
+            "5. volume": "4053093",
+        },
+        "2023-11-28": {
+            "1. open": "155.4400",
+            "2. high": "155.7450",
+            "3. low": "154.8600",
+            "4. close": "155.6500",
+            "5. volume": "2666182",
+        },
+    },
+}
+QUOTE = {
+    "Global Quote": {
+        "01. symbol": "MSFT",
+        "02. open": "112.6300",
+        "03. high": "113.1700",
+        "04. low": "110.6400",
+        "05. price": "112.1300",
+        "06. volume": "29062853",
+        "07. latest trading day": "2018-10-05",
+        "08. previous close": "112.7900",
+        "09. change": "-0.6600",
+        "10. change percent": "-0.5852%",
+    }
+}
+INVALID_CALL = {
+    "Error Message": "Invalid API call. Please retry or visit the documentation "
+    "(https://www.alphavantage.co/documentation/) for TIME_SERIES_DAILY."
+}
+BAD_KEY = {
+    "Error Message": "the parameter apikey is invalid or missing. Please claim your free API "
+    "key on (https://www.alphavantage.co/support/#api-key). It should take less than 20 seconds."
+}
+DAILY_LIMIT = {
+    "Information": f"We have detected your API key as {KEY} and our standard API rate limit is "
+    "25 requests per day. Please subscribe to any of the premium plans at "
+    "https://www.alphavantage.co/premium/ to instantly remove all daily rate limits."
+}
+BURST_LIMIT = {
+    "Information": "Thank you for using Alpha Vantage! Please consider spreading out your free "
+    "API requests more sparingly (1 request per second). You may subscribe to any of the premium "
+    "plans at https://www.alphavantage.co/premium/ to lift the free key rate limit."
+}
+MINUTE_LIMIT = {
+    "Note": "Thank you for using Alpha Vantage! Our standard API call frequency is 5 calls per "
+    "minute and 500 calls per day. Please visit https://www.alphavantage.co/premium/ if you "
+    "would like to target a higher API call frequency."
+}
+PREMIUM = {
+    "Information": "Thank you for using Alpha Vantage! This is a premium endpoint. You may "
+    "subscribe to any of the premium plans at https://www.alphavantage.co/premium/ to "
+    "instantly unlock all premium endpoints"
+}
+FULL_IS_PREMIUM = {
+    "Information": "Thank you for using Alpha Vantage! The outputsize=full parameter value is a "
+    "premium feature for the TIME_SERIES_DAILY endpoint. You may subscribe to any of the "
+    "premium plans at https://www.alphavantage.co/premium/ to instantly unlock all premium "
+    "features"
+}
+DEMO = {
+    "Information": "The demo API key is for demo purposes only. Please claim your free API key "
+    "at (https://www.alphavantage.co/support/#api-key) to explore our full API offerings."
+}
+
+
+@pytest.fixture
+async def av() -> AsyncIterator[AlphaVantageClient]:
+    async with httpx.AsyncClient() as http:
+        yield AlphaVantageClient(http, api_key=SecretStr(KEY), base_url=URL, timeout=0.5)
+
+
+def answer(body: Any, status: int = 200) -> httpx.Response:
+    return httpx.Response(status, json=body)
+
+
+# -- successes ------------------------------------------------------------------------------
+
+
+@respx.mock
+async def test_daily_parses_and_sorts_newest_first(av: AlphaVantageClient) -> None:
+    route = respx.get(URL).mock(return_value=answer(DAILY))
+    series = await av.daily("IBM")
+    assert series.symbol == "IBM"
+    assert series.last_refreshed == "2023-11-28"
+    assert series.time_zone == "US/Eastern"
+    assert [p.date for p in series.prices] == [dt.date(2023, 11, 28), dt.date(2023, 11, 27)]
+    newest = series.prices[0]
+    assert (newest.open, newest.high, newest.low, newest.close) == (
+        155.44,
+        155.745,
+        154.86,
+        155.65,
+    )
+    assert newest.volume == 2666182
+    params = route.calls.last.request.url.params
+    assert dict(params) == {
+        "function": "TIME_SERIES_DAILY",
+        "symbol": "IBM",
+        "outputsize": "compact",
+        "apikey": KEY,
+    }
+
+
+@respx.mock
+async def test_quote_parses_change_percent_as_a_number(av: AlphaVantageClient) -> None:
+    route = respx.get(URL).mock(return_value=answer(QUOTE))
+    quote = await av.quote("MSFT")
+    assert quote.symbol == "MSFT"
+    assert quote.price == 112.13
+    assert quote.change == -0.66
+    assert quote.change_percent == -0.5852
+    assert quote.volume == 29062853
+    assert quote.latest_trading_day == dt.date(2018, 10, 5)
+    assert route.calls.last.request.url.params["function"] == "GLOBAL_QUOTE"
+
+
+@respx.mock
+async def test_symbol_travels_encoded_as_a_query_parameter(av: AlphaVantageClient) -> None:
+    route = respx.get(URL).mock(return_value=answer(DAILY))
+    await av.daily("BRK.B&function=X")
+    request = route.calls.last.request
+    assert request.url.params.get_list("function") == ["TIME_SERIES_DAILY"]
+    assert request.url.params["symbol"] == "BRK.B&function=X"
+    assert request.url.path == "/query"
+
+
+@respx.mock
+async def test_older_timestamp_form_of_last_refreshed_is_kept(av: AlphaVantageClient) -> None:
+    body = {
+        **DAILY,
+        "Meta Data": {**DAILY["Meta Data"], "3. Last Refreshed": "2019-02-20 13:53:08"},
+    }
+    respx.get(URL).mock(return_value=answer(body))
+    assert (await av.daily("IBM")).last_refreshed == "2019-02-20 13:53:08"
+
+
+# -- the classification table ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("function", "body", "error", "detail_words"),
+    [
+        ("daily", INVALID_CALL, UnknownSymbol, "unknown symbol"),
+        ("quote", {"Global Quote": {}}, UnknownSymbol, "unknown symbol"),
+        ("daily", DAILY_LIMIT, RateLimited, "rate limit"),
+        ("quote", BURST_LIMIT, RateLimited, "rate limit"),
+        ("daily", MINUTE_LIMIT, RateLimited, "rate limit"),
+        ("daily", BAD_KEY, UpstreamRefused, "api key"),
+        ("daily", PREMIUM, UpstreamRefused, "premium"),
+        ("daily", FULL_IS_PREMIUM, UpstreamRefused, "premium"),
+        ("quote", DEMO, UpstreamRefused, "demo"),
+        ("daily", {}, BadUpstreamResponse, "empty"),
+        ("quote", {}, BadUpstreamResponse, "empty"),
+        ("daily", {"Meta Data": {}}, BadUpstreamResponse, "expected data"),
+        ("daily", {"Something": "else"}, BadUpstreamResponse, "expected data"),
+        ("quote", {"Information": "Something new happened."}, BadUpstreamResponse, "message"),
+    ],
+)
+@respx.mock
+async def test_answers_are_classified_by_what_they_say(
+    av: AlphaVantageClient,
+    function: str,
+    body: dict[str, Any],
+    error: type[UpstreamError],
+    detail_words: str,
+) -> None:
+    respx.get(URL).mock(return_value=answer(body))
+    with pytest.raises(error) as info:
+        await getattr(av, function)("IBM")
+    assert detail_words in info.value.detail.lower()
+    assert KEY not in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("body", "retry_after"),
+    [(DAILY_LIMIT, 3600), (MINUTE_LIMIT, 60), (BURST_LIMIT, 1)],
+)
+@respx.mock
+async def test_rate_limits_suggest_a_wait(
+    av: AlphaVantageClient, body: dict[str, str], retry_after: int
+) -> None:
+    respx.get(URL).mock(return_value=answer(body))
+    with pytest.raises(RateLimited) as info:
+        await av.daily("IBM")
+    assert info.value.retry_after == retry_after
+
+
+def test_unknown_symbol_is_not_a_failure_and_the_rest_are() -> None:
+    assert not issubclass(UnknownSymbol, UpstreamFailure)
+    for failure in (
+        RateLimited,
+        UpstreamRefused,
+        BadUpstreamResponse,
+        UpstreamUnavailable,
+        UpstreamTimeout,
+    ):
+        assert issubclass(failure, UpstreamFailure)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(503, html="<html><body>Service Unavailable</body></html>"),
+        httpx.Response(500, text="oops"),
+        httpx.Response(404, json={}),
+        httpx.Response(200, html="<html>maintenance</html>"),
+        httpx.Response(200, text='{"Meta Data": {"1. Information": "Dai'),
+        httpx.Response(200, json=["not", "an", "object"]),
+        httpx.Response(
+            200,
+            json={
+                **DAILY,
+                "Time Series (Daily)": {"2023-11-28": {"1. open": "x"}},
+            },
+        ),
+        httpx.Response(200, json={"Global Quote": {"01. symbol": "MSFT"}}),
+    ],
+    ids=[
+        "503-html",
+        "500",
+        "404",
+        "200-html",
+        "truncated-json",
+        "json-array",
+        "bad-bar",
+        "partial-quote",
+    ],
+)
+@respx.mock
+async def test_bad_answers_are_bad_upstream_responses(
+    av: AlphaVantageClient, response: httpx.Response
+) -> None:
+    respx.get(URL).mock(return_value=response)
+    function = av.quote if "Global Quote" in response.text else av.daily
+    with pytest.raises(BadUpstreamResponse):
+        await function("IBM")
+
+
+@pytest.mark.parametrize(
+    "exception",
+    [httpx.ConnectError("refused"), httpx.ReadError("reset"), httpx.RemoteProtocolError("cut")],
+)
+@respx.mock
+async def test_network_errors_are_unavailable(av: AlphaVantageClient, exception: Exception) -> None:
+    respx.get(URL).mock(side_effect=exception)
+    with pytest.raises(UpstreamUnavailable):
+        await av.daily("IBM")
+
+
+@respx.mock
+async def test_httpx_timeouts_are_upstream_timeouts(av: AlphaVantageClient) -> None:
+    respx.get(URL).mock(side_effect=httpx.ReadTimeout("slow"))
+    with pytest.raises(UpstreamTimeout):
+        await av.daily("IBM")
+
+
+async def test_total_timeout_covers_a_slow_trickle() -> None:
+    """UPSTREAM_TIMEOUT_SECONDS bounds the whole call, not just each read."""
+
+    async def trickle(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return answer(DAILY)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(trickle)) as http:
+        client = AlphaVantageClient(http, api_key=SecretStr(KEY), base_url=URL, timeout=0.05)
+        with pytest.raises(UpstreamTimeout) as info:
+            await client.daily("IBM")
+    assert "0.05" in info.value.detail

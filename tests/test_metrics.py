@@ -1,0 +1,39 @@
+"""The /metrics exposition, checked by Prometheus's own promtool."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import httpx
+
+
+def promtool_check_metrics(exposition: bytes) -> subprocess.CompletedProcess[bytes]:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
+    return subprocess.run(
+        [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30
+    )
+
+
+async def test_exposition_passes_promtool_check_metrics(
+    client: httpx.AsyncClient, faults: httpx.AsyncClient
+) -> None:
+    await client.get("/stock/IBM")
+    await client.get("/stock/IBM/quote")
+    await client.get("/stock/ZZZZ")
+    await faults.post("/_faults", json={"mode": "down"})
+    for symbol in ("A", "B", "C", "D", "E", "F"):
+        await client.get(f"/stock/{symbol}")
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    result = promtool_check_metrics(response.content)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # promtool prints lint problems (and exits 0 for some of them): there must be none.
+    assert result.stdout == b"", result.stdout
+    assert result.stderr == b"", result.stderr
+
+
+async def test_promtool_does_catch_a_broken_exposition() -> None:
+    result = promtool_check_metrics(b"# TYPE broken counter\nbroken{a=} 1\n")
+    assert result.returncode != 0

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import ConfigError, MissingApiKey, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No variable or .env file of the developer's may leak into these tests."""
+    monkeypatch.chdir(tmp_path)
+    for name in (
+        "ALPHAVANTAGE_API_KEY",
+        "ALPHAVANTAGE_BASE_URL",
+        "UPSTREAM_TIMEOUT_SECONDS",
+        "BREAKER_FAILURE_THRESHOLD",
+        "BREAKER_TIMEOUT_SECONDS",
+        "CACHE_MAX_ENTRIES",
+        "ADMIN_TOKEN",
+        "LOG_LEVEL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "k")
+    settings = load_settings()
+    assert settings.alphavantage_base_url == "https://www.alphavantage.co/query"
+    assert settings.upstream_timeout_seconds == 10
+    assert (settings.breaker_failure_threshold, settings.breaker_success_threshold) == (5, 3)
+    assert (settings.breaker_timeout_seconds, settings.breaker_half_open_max_calls) == (30, 1)
+    assert (settings.cache_ttl_seconds, settings.cache_stale_seconds) == (300, 86400)
+    assert settings.cache_max_entries == 10_000
+    assert settings.admin_token is None
+    assert settings.log_level == "INFO"
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_a_missing_or_blank_key_is_its_own_error(
+    monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("ALPHAVANTAGE_API_KEY", value)
+    with pytest.raises(MissingApiKey, match="ALPHAVANTAGE_API_KEY is not set"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BREAKER_FAILURE_THRESHOLD", "0"),
+        ("BREAKER_FAILURE_THRESHOLD", "five"),
+        ("UPSTREAM_TIMEOUT_SECONDS", "0"),
+        ("UPSTREAM_TIMEOUT_SECONDS", "nan"),
+        ("BREAKER_TIMEOUT_SECONDS", "-1"),
+        ("CACHE_MAX_ENTRIES", "0"),
+        ("ALPHAVANTAGE_BASE_URL", "ftp://example"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_a_bad_value_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "k")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable) as info:
+        load_settings()
+    assert not isinstance(info.value, MissingApiKey)
+    assert "\n" not in str(info.value)
+
+
+def test_secrets_are_masked_and_case_is_forgiven(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "very-secret")
+    monkeypatch.setenv("ADMIN_TOKEN", "admin-secret")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    settings = load_settings()
+    assert settings.log_level == "DEBUG"
+    shown = repr(settings) + str(settings) + settings.model_dump_json()
+    assert "very-secret" not in shown
+    assert "admin-secret" not in shown
+
+
+def test_a_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("ALPHAVANTAGE_API_KEY=from-dotenv\nBREAKER_TIMEOUT_SECONDS=12\n")
+    settings = load_settings()
+    assert settings.breaker_timeout_seconds == 12
+    assert settings.alphavantage_api_key is not None
+    assert settings.alphavantage_api_key.get_secret_value() == "from-dotenv"

@@ -1,0 +1,314 @@
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import re
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from app.simulator import FaultMode, create_simulator
+
+SATURDAY = dt.date(2024, 6, 15)
+DAILY = {"function": "TIME_SERIES_DAILY", "symbol": "IBM", "apikey": "test"}
+QUOTE = {"function": "GLOBAL_QUOTE", "symbol": "IBM", "apikey": "test"}
+NUMBER = re.compile(r"^\d+\.\d{4}$")
+
+
+def sim_client(today: dt.date = SATURDAY) -> httpx.AsyncClient:
+    app = create_simulator(today=lambda: today)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with sim_client() as c:
+        yield c
+
+
+async def get_json(client: httpx.AsyncClient, **params: str) -> Any:
+    response = await client.get("/query", params=params)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    return response.json()
+
+
+async def set_fault(client: httpx.AsyncClient, mode: str, **extra: float) -> httpx.Response:
+    return await client.post("/_faults", json={"mode": mode, **extra})
+
+
+async def test_daily_shape(client: httpx.AsyncClient) -> None:
+    body = await get_json(client, **DAILY)
+    meta = body["Meta Data"]
+    assert meta["2. Symbol"] == "IBM"
+    assert meta["3. Last Refreshed"] == "2024-06-14"  # the Friday before SATURDAY
+    assert meta["4. Output Size"] == "Compact"
+    assert meta["5. Time Zone"] == "US/Eastern"
+    series = body["Time Series (Daily)"]
+    assert len(series) == 100
+    dates = [dt.date.fromisoformat(d) for d in series]
+    assert dates == sorted(dates, reverse=True)
+    assert dates[0] == dt.date(2024, 6, 14)
+    assert all(d.weekday() < 5 for d in dates)
+    assert len(set(dates)) == 100
+    for bar in series.values():
+        assert list(bar) == ["1. open", "2. high", "3. low", "4. close", "5. volume"]
+        assert all(isinstance(v, str) for v in bar.values())
+        o, h, lo, c = (float(bar[k]) for k in ("1. open", "2. high", "3. low", "4. close"))
+        assert all(NUMBER.match(bar[k]) for k in ("1. open", "2. high", "3. low", "4. close"))
+        assert h >= max(o, c)
+        assert 0 < lo <= min(o, c)
+        assert 5 <= c <= 800
+        assert bar["5. volume"].isdigit()
+        assert 10**5 <= int(bar["5. volume"]) < 10**8
+
+
+async def test_daily_is_a_random_walk_of_about_one_and_a_half_percent() -> None:
+    async with sim_client() as client:
+        for symbol in ("IBM", "MSFT", "BRK.B", "TSCO.LON", "600104.SHH"):
+            body = await get_json(client, **(DAILY | {"symbol": symbol}))
+            series = body["Time Series (Daily)"]
+            closes = [float(bar["4. close"]) for bar in reversed(series.values())]
+            returns = [b / a - 1 for a, b in itertools.pairwise(closes)]
+            volatility = (sum(r * r for r in returns) / len(returns)) ** 0.5
+            assert 0.008 < volatility < 0.025, symbol
+
+
+async def test_ends_on_the_latest_weekday_by_default() -> None:
+    app = create_simulator()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+        body = await get_json(client, **DAILY)
+    last = dt.date.fromisoformat(body["Meta Data"]["3. Last Refreshed"])
+    today = dt.datetime.now(dt.UTC).date()
+    assert last.weekday() < 5
+    assert 0 <= (today - last).days <= 3  # 3 only on a Monday just past midnight UTC
+
+
+async def test_deterministic_across_instances() -> None:
+    async with sim_client() as first, sim_client() as second:
+        for params in (DAILY, QUOTE):
+            a = await first.get("/query", params=params)
+            b = await second.get("/query", params=params)
+            assert a.content == b.content
+        other = await get_json(first, **(DAILY | {"symbol": "MSFT"}))
+        ibm = await get_json(first, **DAILY)
+        assert other["Time Series (Daily)"] != ibm["Time Series (Daily)"]
+
+
+async def test_quote_matches_the_daily_series(client: httpx.AsyncClient) -> None:
+    quote = (await get_json(client, **QUOTE))["Global Quote"]
+    series = (await get_json(client, **DAILY))["Time Series (Daily)"]
+    (day, newest), (_, previous) = list(series.items())[:2]
+    assert list(quote) == [
+        "01. symbol",
+        "02. open",
+        "03. high",
+        "04. low",
+        "05. price",
+        "06. volume",
+        "07. latest trading day",
+        "08. previous close",
+        "09. change",
+        "10. change percent",
+    ]
+    assert all(isinstance(v, str) for v in quote.values())
+    assert quote["01. symbol"] == "IBM"
+    assert quote["02. open"] == newest["1. open"]
+    assert quote["03. high"] == newest["2. high"]
+    assert quote["04. low"] == newest["3. low"]
+    assert quote["05. price"] == newest["4. close"]
+    assert quote["06. volume"] == newest["5. volume"]
+    assert quote["07. latest trading day"] == day
+    assert quote["08. previous close"] == previous["4. close"]
+    price, prev = float(quote["05. price"]), float(quote["08. previous close"])
+    assert float(quote["09. change"]) == pytest.approx(price - prev, abs=1e-4)
+    percent = quote["10. change percent"]
+    assert re.match(r"^-?\d+\.\d{4}%$", percent)
+    assert float(percent[:-1]) == pytest.approx((price - prev) / prev * 100, abs=1e-4)
+
+
+async def test_lowercase_symbol_is_upper_cased(client: httpx.AsyncClient) -> None:
+    lower = await get_json(client, **(DAILY | {"symbol": "ibm"}))
+    upper = await get_json(client, **DAILY)
+    assert lower == upper
+    quote = await get_json(client, **(QUOTE | {"symbol": "brk-b"}))
+    assert quote["Global Quote"]["01. symbol"] == "BRK-B"
+
+
+INVALID_DAILY = (
+    "Invalid API call. Please retry or visit the documentation "
+    "(https://www.alphavantage.co/documentation/) for TIME_SERIES_DAILY."
+)
+
+
+@pytest.mark.parametrize("symbol", ["ZZZZ", "zzfoo", "^GSPC", "BRK/B", "A..B", "", "A" * 21])
+async def test_unknown_or_malformed_symbol(client: httpx.AsyncClient, symbol: str) -> None:
+    daily = await get_json(client, **(DAILY | {"symbol": symbol}))
+    assert daily == {"Error Message": INVALID_DAILY}
+    quote = await get_json(client, **(QUOTE | {"symbol": symbol}))
+    assert quote == {"Global Quote": {}}
+
+
+async def test_unknown_function(client: httpx.AsyncClient) -> None:
+    body = await get_json(client, function="NO_SUCH_THING", symbol="IBM", apikey="k")
+    assert body["Error Message"].startswith("Invalid API call.")
+
+
+@pytest.mark.parametrize("apikey", [None, ""])
+async def test_missing_apikey(client: httpx.AsyncClient, apikey: str | None) -> None:
+    params = {"function": "GLOBAL_QUOTE", "symbol": "IBM"}
+    if apikey is not None:
+        params["apikey"] = apikey
+    body = await get_json(client, **params)
+    message = body["Error Message"]
+    assert message.startswith("the parameter apikey is invalid or missing.")
+    assert message.endswith("It should take less than 20 seconds.")
+
+
+async def test_outputsize_full_is_premium(client: httpx.AsyncClient) -> None:
+    body = await get_json(client, **(DAILY | {"outputsize": "full"}))
+    assert list(body) == ["Information"]
+    assert "outputsize=full" in body["Information"]
+    assert "premium" in body["Information"]
+    compact = await get_json(client, **(DAILY | {"outputsize": "compact"}))
+    assert len(compact["Time Series (Daily)"]) == 100
+
+
+async def test_fault_state_defaults_and_changes(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/_faults")).json() == {"mode": "healthy", "delay_seconds": 2.0}
+    response = await set_fault(client, "slow", delay_seconds=0.5)
+    assert response.status_code == 200
+    assert response.json() == {"mode": "slow", "delay_seconds": 0.5}
+    assert (await client.get("/_faults")).json() == {"mode": "slow", "delay_seconds": 0.5}
+    assert (await set_fault(client, "healthy")).json() == {"mode": "healthy", "delay_seconds": 2.0}
+
+
+@pytest.mark.parametrize("mode", list(FaultMode))
+async def test_every_mode_can_be_set(client: httpx.AsyncClient, mode: FaultMode) -> None:
+    response = await set_fault(client, mode.value)
+    assert response.status_code == 200
+    assert (await client.get("/_faults")).json() == {"mode": mode.value, "delay_seconds": 2.0}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"mode": "exploded"}, {}, {"mode": ["down"]}, {"mode": "slow", "delay_seconds": -1}, []],
+)
+async def test_bad_fault_request_is_422(client: httpx.AsyncClient, payload: object) -> None:
+    response = await client.post("/_faults", json=payload)
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], str)
+    assert (await client.get("/_faults")).json()["mode"] == "healthy"
+
+
+async def test_fault_modes_are_per_instance(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "down")
+    async with sim_client() as other:
+        assert (await other.get("/query", params=QUOTE)).status_code == 200
+
+
+async def test_down(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "down")
+    response = await client.get("/query", params=QUOTE)
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<html>" in response.text
+
+
+async def test_http_500(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "http_500")
+    response = await client.get("/query", params=QUOTE)
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.text
+
+
+async def test_slow(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "slow", delay_seconds=0.05)
+    started = time.monotonic()
+    body = await get_json(client, **QUOTE)
+    assert time.monotonic() - started >= 0.05
+    assert body["Global Quote"]["01. symbol"] == "IBM"
+
+
+async def test_rate_limited(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "rate_limited")
+    body = await get_json(client, **(QUOTE | {"apikey": "SECRETKEY"}))
+    info = body["Information"]
+    assert list(body) == ["Information"]
+    assert "SECRETKEY" in info
+    assert "25 requests per day" in info
+    assert "premium" in info
+
+
+async def test_invalid_key(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "invalid_key")
+    body = await get_json(client, **DAILY)
+    assert body["Error Message"].startswith("the parameter apikey is invalid or missing.")
+
+
+async def test_premium(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "premium")
+    body = await get_json(client, **QUOTE)
+    assert body["Information"].startswith("Thank you for using Alpha Vantage! This is a premium")
+
+
+@pytest.mark.parametrize("symbol", ["IBM", "ZZTOP"])
+async def test_bad_json(client: httpx.AsyncClient, symbol: str) -> None:
+    await set_fault(client, "bad_json")
+    for params in (DAILY, QUOTE):
+        response = await client.get("/query", params=params | {"symbol": symbol})
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        assert 0 < len(response.content) <= 40
+        with pytest.raises(json.JSONDecodeError):
+            response.json()
+
+
+async def test_drop_over_a_real_server() -> None:
+    app = create_simulator()
+    config = uvicorn.Config(app, log_config=None, access_log=False, ws="none", lifespan="off")
+    server = uvicorn.Server(config)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                assert not task.done()
+                await asyncio.sleep(0.01)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                assert (await client.post("/_faults", json={"mode": "drop"})).status_code == 200
+                with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+                    await client.get("/query", params=DAILY)
+                # The server survives the drop and still answers.
+                await client.post("/_faults", json={"mode": "healthy"})
+                assert (await client.get("/query", params=QUOTE)).status_code == 200
+        finally:
+            server.should_exit = True
+            await task
+
+
+async def test_stats_count_every_query_and_reset(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/_stats")).json() == {"calls": {}, "total": 0}
+    await client.get("/query", params=DAILY)
+    await client.get("/query", params=DAILY | {"symbol": "ZZNOPE"})
+    await client.get("/query", params=QUOTE)
+    for mode in ("down", "http_500", "rate_limited", "bad_json"):
+        await set_fault(client, mode)
+        await client.get("/query", params=QUOTE)
+    await client.get("/_faults")  # not a /query call
+    stats = (await client.get("/_stats")).json()
+    assert stats == {"calls": {"TIME_SERIES_DAILY": 2, "GLOBAL_QUOTE": 5}, "total": 7}
+    reset = await client.post("/_stats/reset")
+    assert reset.status_code == 200
+    assert reset.json() == {"calls": {}, "total": 0}
+    assert (await client.get("/_stats")).json() == {"calls": {}, "total": 0}
