@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,13 +57,16 @@ def main() -> None:
             simulator = start_simulator("127.0.0.1", args.simulator_port)
             url = f"http://127.0.0.1:{args.simulator_port}/query"
             os.environ["ALPHAVANTAGE_BASE_URL"] = url
-            os.environ["ALPHAVANTAGE_API_KEY"] = "simulator"
+            os.environ["ALPHAVANTAGE_API_KEY"] = "any-key-will-do"
             logger.warning(
                 "ALPHAVANTAGE_API_KEY is not set: serving from the built-in Alpha Vantage "
                 "simulator at %s (break it with POST /_faults; set the key for real data)",
                 url,
             )
             settings = load_settings()
+        # uvicorn re-raises the SIGTERM it handled once it has shut down; exit through the
+        # `finally` below then, so that the simulator stops too.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         uvicorn.run(
             create_app(settings),
             host=args.host,

@@ -173,9 +173,10 @@ class CircuitBreaker:
         self._failures = 0  # consecutive counted failures; kept while OPEN for display
         self._successes = 0  # consecutive successes in HALF_OPEN
         self._probes = 0  # calls in flight admitted by HALF_OPEN
+        # Wall-clock times, for display only: every decision uses `clock`.
         self._opened_at: float | None = None
         self._open_until = 0.0
-        self._last_failure_at: float | None = None
+        self._last_failure_time: float | None = None
         self._forced = False
 
     # -- reading -------------------------------------------------------------------------
@@ -197,8 +198,8 @@ class CircuitBreaker:
             success_threshold=self.success_threshold,
             timeout=self.timeout,
             half_open_max_calls=self.half_open_max_calls,
-            last_failure_time=self._wall_time(self._last_failure_at, now),
-            opened_at=self._wall_time(self._opened_at, now),
+            last_failure_time=self._last_failure_time,
+            opened_at=self._opened_at,
             retry_after=self._retry_after(now) if self._state is State.OPEN else 0.0,
             forced_open=self._forced,
         )
@@ -206,10 +207,6 @@ class CircuitBreaker:
     def _retry_after(self, now: float) -> float:
         """Seconds until OPEN admits a probe; a forced breaker suggests its timeout."""
         return self.timeout if self._forced else max(0.0, self._open_until - now)
-
-    @staticmethod
-    def _wall_time(monotonic: float | None, now: float) -> float | None:
-        return None if monotonic is None else time.time() - (now - monotonic)
 
     # -- calling -------------------------------------------------------------------------
 
@@ -303,7 +300,7 @@ class CircuitBreaker:
                     if self._successes >= self.success_threshold:
                         transition = self._set_state(_CLOSED, now)
             elif outcome is Outcome.FAILURE:
-                self._last_failure_at = now
+                self._last_failure_time = time.time()
                 self._failures += 1
                 if self._state is _HALF_OPEN or self._failures >= self.failure_threshold:
                     transition = self._set_state(_OPEN, now)
@@ -331,7 +328,7 @@ class CircuitBreaker:
         now = self._refresh()
         old = self._state
         self._set_state(State.CLOSED, now)
-        self._last_failure_at = None
+        self._last_failure_time = None
         if old is not State.CLOSED:
             self._emit_transition((old, State.CLOSED))
 
@@ -357,7 +354,7 @@ class CircuitBreaker:
         self._successes = 0
         self._probes = 0
         if new is State.OPEN:
-            self._opened_at = now
+            self._opened_at = time.time()
             self._open_until = now + self.timeout
         elif new is State.CLOSED:
             self._failures = 0

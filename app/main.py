@@ -11,6 +11,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import alphavantage
 from app.alphavantage import AlphaVantageClient
@@ -25,7 +26,7 @@ from app.models import DailySeries, Quote
 from app.routes import breaker as breaker_routes
 from app.routes import ops, stock
 from app.service import StockService
-from app.settings import Settings, load_settings
+from app.settings import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,10 @@ def create_app(
     app.include_router(stock.router)
     app.include_router(breaker_routes.router)
     app.include_router(ops.router)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    static_routes = frozenset(
+        url for url in (app.openapi_url, app.docs_url, app.redoc_url) if url is not None
+    )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, static_routes=static_routes)
     add_error_handlers(app)
     return app
 
@@ -115,7 +119,8 @@ def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metric
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """Every error answers `{"detail": "..."}`; none shows a traceback."""
+    """Every error answers `{"detail": "..."}`; none shows a traceback. (The middleware
+    answers the unexpected ones, so that they too carry the request id.)"""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -153,10 +158,24 @@ def add_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": str(retry_after)},
         )
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+class ReadSettingsFirst:
+    """`uvicorn app.main:app` reads the settings at startup. Read them before the lifespan runs,
+    so that a bad value fails startup with its one-line message: an exception raised inside the
+    lifespan would reach uvicorn as a traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            try:
+                load_settings()
+            except ConfigError as exc:
+                await receive()  # lifespan.startup
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+        await self.app(scope, receive, send)
 
 
-app = create_app()
+app = ReadSettingsFirst(create_app())

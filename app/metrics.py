@@ -97,6 +97,7 @@ class Metrics(Listener):
         )
         # Pre-bound children: .labels() costs a lock and a dict lookup on every request.
         self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._rejected_children: dict[str, Counter] = {}
 
         for function in functions:
             self.upstream_duration.labels(function)
@@ -110,7 +111,7 @@ class Metrics(Listener):
     def watch(self, breaker: CircuitBreaker) -> None:
         """Export `breaker`'s state and initialise its series."""
         self._states.breakers.append(breaker)
-        self.rejected_calls.labels(breaker.name)
+        self._rejected_children[breaker.name] = self.rejected_calls.labels(breaker.name)
         for old in State:
             for new in State:
                 if old is not new:
@@ -143,4 +144,4 @@ class Metrics(Listener):
         self.state_changes.labels(breaker.name, old.value, new.value).inc()
 
     def call_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None:
-        self.rejected_calls.labels(breaker.name).inc()
+        self._rejected_children[breaker.name].inc()

@@ -1,5 +1,5 @@
-"""Request id, access log and HTTP metrics, as plain ASGI middleware (cheaper than
-BaseHTTPMiddleware, and it never buffers a response)."""
+"""Request id, access log, HTTP metrics and the last-resort 500, as plain ASGI middleware
+(cheaper than BaseHTTPMiddleware, and it never buffers a response)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import request_id
@@ -19,12 +20,17 @@ REQUEST_ID_HEADER = b"x-request-id"
 # A caller's request id is echoed only if it is short and plain; anything else is replaced.
 _USABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+ENCODED_SLASH = b"%2f"
+NOT_FOUND = JSONResponse({"detail": "Not Found"}, status_code=404)
+INTERNAL_ERROR = JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, static_routes: frozenset[str]) -> None:
         self.app = app
         self.metrics = metrics
+        # Paths served by plain routes (the docs) that carry no route template of their own.
+        self.static_routes = static_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,7 +40,7 @@ class RequestContextMiddleware:
         rid = _request_id(scope)
         token = request_id.set(rid)
         header = (REQUEST_ID_HEADER, rid.encode())
-        status = 500  # what the client gets if the app dies before answering
+        status = 0
         started = time.perf_counter()
 
         async def send_with_request_id(message: Message) -> None:
@@ -45,20 +51,32 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_request_id)
+            if ENCODED_SLASH in scope.get("raw_path", b"").lower():
+                # Routing decodes %2F into a path separator: /stock/IBM%2Fquote would reach
+                # another route than the one the client named.
+                await NOT_FOUND(scope, receive, send_with_request_id)
+            else:
+                await self.app(scope, receive, send_with_request_id)
+        except Exception:
+            logger.exception("unhandled error")
+            if status:
+                raise  # the answer has begun: all that is left is to drop the connection
+            await INTERNAL_ERROR(scope, receive, send_with_request_id)
         finally:
             seconds = time.perf_counter() - started
-            route: str = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
+            route: str = getattr(scope.get("route"), "path", None) or (
+                scope["path"] if scope["path"] in self.static_routes else UNMATCHED_ROUTE
+            )
             method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
-            self.metrics.observe_http(route, method, status, seconds)
+            self.metrics.observe_http(route, method, status or 500, seconds)
             logger.info(
                 "%s %s %d",
                 method,
                 route,
-                status,
+                status or 500,
                 extra={
                     "path": scope["path"],
-                    "status": status,
+                    "status": status or 500,
                     "duration_ms": round(seconds * 1000, 2),
                 },
             )

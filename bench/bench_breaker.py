@@ -24,6 +24,7 @@ import purgatory
 from purgatory.domain.model import OpenedState
 
 from app.breaker import CircuitBreaker, CircuitOpenError, Listener
+from app.metrics import Metrics
 
 CALLS = 100_000
 ROUNDS = 7
@@ -82,17 +83,18 @@ class Paths:
         self.rejection, self.rejected = rejection, rejected
 
 
-def ours(label: str, listeners: list[Listener]) -> Paths:
+def ours(label: str, listeners: list[Listener]) -> tuple[Paths, list[CircuitBreaker]]:
     closed = CircuitBreaker("bench", failure_threshold=NEVER, listeners=listeners)
     opened = CircuitBreaker("bench-open", listeners=listeners)
     opened.force_open()
-    return Paths(
+    paths = Paths(
         label,
         (closed.call, (succeed,)),
         (closed.call, (fail,)),
         (opened.call, (succeed,)),
         CircuitOpenError,
     )
+    return paths, [closed, opened]
 
 
 def aiobreaker_paths() -> Paths:
@@ -138,8 +140,13 @@ async def purgatory_paths() -> Paths:
     )
 
 
-class NoopListener(Listener):
-    pass
+def with_prometheus(label: str) -> Paths:
+    """The service's own listener, with its metrics registry, watching both breakers."""
+    metrics = Metrics(functions=(), routes=())
+    paths, breakers = ours(label, [metrics])
+    for breaker in breakers:
+        metrics.watch(breaker)
+    return paths
 
 
 def cell(seconds: float, baseline: float) -> str:
@@ -151,8 +158,8 @@ async def main() -> None:
     bare = await per_call_seconds(succeed)
     bare_failure = await per_call_seconds(fail, expected=Boom)
     candidates = [
-        ours("app.breaker", []),
-        ours("app.breaker + no-op listener", [NoopListener()]),
+        ours("app.breaker", [])[0],
+        with_prometheus("app.breaker + Prometheus listener"),
         aiobreaker_paths(),
         await purgatory_paths(),
         await circuitbreaker_paths(),
@@ -163,8 +170,8 @@ async def main() -> None:
     print(f"bare await: {bare * 1e6:.3f} us; bare await that raises: {bare_failure * 1e6:.3f} us")
     print()
     columns = ("closed success", "closed failure", "open rejection")
-    print(f"| {'breaker':<30} | " + " | ".join(f"{c:>17}" for c in columns) + " |")
-    print("|" + "|".join("-" * width for width in (32, 19, 19, 19)) + "|")
+    print(f"| {'breaker':<34} | " + " | ".join(f"{c:>17}" for c in columns) + " |")
+    print("|" + "|".join("-" * width for width in (36, 19, 19, 19)) + "|")
     for paths in candidates:
         success = await per_call_seconds(paths.success[0], *paths.success[1])
         failure = await per_call_seconds(paths.failure[0], *paths.failure[1], expected=Boom)
@@ -172,7 +179,7 @@ async def main() -> None:
             paths.rejection[0], *paths.rejection[1], expected=paths.rejected
         )
         cells = (cell(success, bare), cell(failure, bare_failure), cell(rejection, bare))
-        print(f"| {paths.name:<30} | " + " | ".join(cells) + " |")
+        print(f"| {paths.name:<34} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1097 @@
+"""The HTTP contract, end to end: the app against the in-process Alpha Vantage simulator.
+
+Every response goes through `check_response` (a response hook on the clients used here), which
+fails the test if a body or header carries the API key, the admin token or a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import ADMIN_TOKEN, API_KEY, make_settings
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+DAILY = "/stock/{}"
+QUOTE = "/stock/{}/quote"
+ENDPOINTS = pytest.mark.parametrize("endpoint", [DAILY, QUOTE], ids=["daily", "quote"])
+HEX32 = re.compile(r"[0-9a-f]{32}")
+PRICE_FIELDS = {"date", "open", "high", "low", "close", "volume"}
+QUOTE_FIELDS = {
+    "symbol",
+    "price",
+    "open",
+    "high",
+    "low",
+    "volume",
+    "latest_trading_day",
+    "previous_close",
+    "change",
+    "change_percent",
+    "source",
+}
+BREAKER_FIELDS = {
+    "name",
+    "state",
+    "failure_count",
+    "success_count",
+    "failure_threshold",
+    "success_threshold",
+    "timeout_seconds",
+    "half_open_max_calls",
+    "last_failure_time",
+    "opened_at",
+    "retry_after_seconds",
+    "forced_open",
+}
+ROUTE_LABELS = {
+    "/stock/{symbol}",
+    "/stock/{symbol}/quote",
+    "/circuit-breaker",
+    "/circuit-breaker/open",
+    "/circuit-breaker/reset",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "unmatched",
+}
+STATE_GAUGE = 'stock_api_circuit_breaker_state{breaker="alphavantage"} '
+UPSTREAM_CALLS = 'stock_api_upstream_calls_total{{function="{}",outcome="{}"}} '
+CACHE_REQUESTS = 'stock_api_cache_requests_total{{function="{}",result="{}"}} '
+STATE_CHANGES = (
+    'stock_api_circuit_breaker_state_changes_total{{breaker="alphavantage",'
+    'from_state="{}",to_state="{}"}} '
+)
+REJECTED = 'stock_api_circuit_breaker_rejected_calls_total{breaker="alphavantage"} '
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def assert_clean(response: httpx.Response) -> None:
+    """No secret and no traceback, in the body or any header."""
+    for secret in (API_KEY, ADMIN_TOKEN):
+        assert secret not in response.text
+        for name, value in response.headers.multi_items():
+            assert secret not in name
+            assert secret not in value
+    assert "Traceback" not in response.text
+
+
+async def check_response(response: httpx.Response) -> None:
+    await response.aread()
+    assert_clean(response)
+
+
+@asynccontextmanager
+async def serve(
+    app: FastAPI, *, raise_app_exceptions: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A checked client of `app` with its lifespan entered (for apps built in a test)."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=transport,
+            base_url="http://test",
+            event_hooks={"response": [check_response]},
+        ) as client,
+    ):
+        yield client
+
+
+def error_detail(response: httpx.Response, status: int) -> str:
+    """Assert an error answer: `status`, JSON, exactly `{"detail": "<non-empty text>"}`."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body, dict)
+    assert set(body) == {"detail"}
+    detail = body["detail"]
+    assert isinstance(detail, str)
+    assert detail
+    return detail
+
+
+def retry_after(response: httpx.Response) -> int:
+    value = response.headers["retry-after"]
+    assert value.isdigit(), value
+    seconds = int(value)
+    assert seconds >= 1
+    return seconds
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def utc_instant(value: object) -> dt.datetime:
+    """An ISO 8601 string in UTC, close to now."""
+    assert isinstance(value, str)
+    moment = dt.datetime.fromisoformat(value)
+    assert moment.utcoffset() == dt.timedelta(0)
+    assert abs(moment - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
+    return moment
+
+
+def assert_prices(prices: object, count: int) -> None:
+    assert isinstance(prices, list)
+    assert len(prices) == count
+    dates = [dt.date.fromisoformat(point["date"]) for point in prices]
+    assert dates == sorted(set(dates), reverse=True)  # newest first, no repeats
+    for point in prices:
+        assert set(point) == PRICE_FIELDS
+        assert all(is_number(point[key]) for key in ("open", "high", "low", "close"))
+        assert type(point["volume"]) is int
+
+
+async def set_fault(faults: httpx.AsyncClient, mode: str, delay: float | None = None) -> None:
+    payload: dict[str, object] = {"mode": mode}
+    if delay is not None:
+        payload["delay_seconds"] = delay
+    response = await faults.post("/_faults", json=payload)
+    assert response.status_code == 200, response.text
+
+
+async def upstream_calls(faults: httpx.AsyncClient) -> int:
+    response = await faults.get("/_stats")
+    total = response.json()["total"]
+    assert isinstance(total, int)
+    return total
+
+
+async def trip(api: httpx.AsyncClient, faults: httpx.AsyncClient) -> None:
+    """Open the breaker with five failing requests (distinct symbols: no cache involved)."""
+    await set_fault(faults, "http_500")
+    for n in range(5):
+        error_detail(await api.get(f"/stock/FAIL{n}"), 502)
+
+
+async def breaker(api: httpx.AsyncClient) -> dict[str, Any]:
+    response = await api.get("/circuit-breaker")
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def scrape(api: httpx.AsyncClient) -> list[str]:
+    response = await api.get("/metrics")
+    assert response.status_code == 200
+    return response.text.splitlines()
+
+
+def sample(lines: list[str], prefix: str) -> float:
+    """The value of the one exposition line that starts with `prefix`."""
+    found = [line for line in lines if line.startswith(prefix)]
+    assert len(found) == 1, (prefix, found)
+    return float(found[0].removeprefix(prefix))
+
+
+def label_values(exposition: str) -> set[str]:
+    return {
+        value
+        for family in text_string_to_metric_families(exposition)
+        for metric in family.samples
+        for value in metric.labels.values()
+    }
+
+
+@pytest.fixture
+def api(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """conftest's client (app + simulator, lifespan entered), with every response checked."""
+    client.event_hooks["response"].append(check_response)
+    return client
+
+
+# -- GET /stock/{symbol} -----------------------------------------------------------------
+
+
+class TestDailyPrices:
+    async def test_answers_thirty_days_newest_first_by_default(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        response = await api.get("/stock/IBM")
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        body = response.json()
+        assert set(body) == {"symbol", "last_refreshed", "time_zone", "source", "prices"}
+        assert body["symbol"] == "IBM"
+        assert body["source"] == "upstream"
+        assert body["time_zone"] == "US/Eastern"
+        assert_prices(body["prices"], 30)
+        assert body["last_refreshed"] == body["prices"][0]["date"]
+
+    @pytest.mark.parametrize(
+        ("requested", "symbol"),
+        [
+            ("IBM", "IBM"),
+            ("ibm", "IBM"),
+            ("BRK.B", "BRK.B"),
+            ("RDS-A", "RDS-A"),
+            ("TSCO.LON", "TSCO.LON"),
+            ("600104.SHH", "600104.SHH"),
+            ("brk-b", "BRK-B"),
+            ("Tsco.Lon", "TSCO.LON"),
+            ("A", "A"),
+            ("ABCDEFGHIJ.KLMNO-PQR", "ABCDEFGHIJ.KLMNO-PQR"),  # 20 characters, the maximum
+        ],
+    )
+    @ENDPOINTS
+    async def test_valid_symbol_is_upper_cased(
+        self, api: httpx.AsyncClient, endpoint: str, requested: str, symbol: str
+    ) -> None:
+        response = await api.get(endpoint.format(requested))
+        assert response.status_code == 200, response.text
+        assert response.json()["symbol"] == symbol
+
+    async def test_case_variants_share_one_cache_entry(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        assert (await api.get("/stock/brk.b")).json()["source"] == "upstream"
+        assert (await api.get("/stock/BRK.B")).json()["source"] == "cache"
+        assert (await api.get("/stock/Brk.B")).json()["source"] == "cache"
+        assert await upstream_calls(faults) == 1
+
+    @pytest.mark.parametrize(
+        "symbol",
+        [
+            "^GSPC",
+            "A..B",
+            "A-",
+            "-A",
+            ".A",
+            "A.",
+            "A.-B",
+            "A B",
+            " IBM",
+            "IBM\n",
+            "A_B",
+            "IBM%",
+            "IBM;DROP",
+            "A" * 21,
+            "ÄBC",
+            "\uff29\uff22\uff2d",  # fullwidth IBM
+            "IBM\u0661",  # an Arabic-Indic digit one
+        ],
+    )
+    @ENDPOINTS
+    async def test_invalid_symbol_is_422_without_upstream_call(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, endpoint: str, symbol: str
+    ) -> None:
+        response = await api.get(endpoint.format(quote(symbol, safe="")))
+        detail = error_detail(response, 422)
+        assert detail.startswith("symbol: ")
+        assert "letters or digits" in detail
+        assert await upstream_calls(faults) == 0
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/stock/A%2FB",
+            "/stock/%2F",
+            "/stock/%2FIBM",
+            "/stock/A%2F",
+            "/stock/IBM%2Fquote",
+            "/stock/IBM%2fquote",
+        ],
+    )
+    async def test_encoded_slash_in_symbol_never_reaches_upstream(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, path: str
+    ) -> None:
+        # "IBM/quote" (or "A/B") is no valid symbol: the request must not be served as another
+        # resource (e.g. IBM's quote), and must not reach Alpha Vantage.
+        response = await api.get(path)
+        assert response.status_code in (307, 404, 422), response.text
+        if response.status_code == 422:
+            assert error_detail(response, 422).startswith("symbol: ")
+        assert await upstream_calls(faults) == 0
+
+    @pytest.mark.parametrize("days", [1, 2, 29, 31, 99, 100])
+    async def test_days_selects_that_many_prices(self, api: httpx.AsyncClient, days: int) -> None:
+        response = await api.get("/stock/IBM", params={"days": days})
+        assert response.status_code == 200
+        assert_prices(response.json()["prices"], days)
+
+    @pytest.mark.parametrize("days", ["0", "101", "-1", "abc", "1.5", "", "1e2", "9" * 30])
+    async def test_invalid_days_is_422_without_upstream_call(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, days: str
+    ) -> None:
+        detail = error_detail(await api.get("/stock/IBM", params={"days": days}), 422)
+        assert detail.startswith("days: ")
+        assert await upstream_calls(faults) == 0
+
+    async def test_fewer_prices_when_upstream_has_fewer_days(self) -> None:
+        bar = {
+            "1. open": "10.0",
+            "2. high": "12.5",
+            "3. low": "9.5",
+            "4. close": "11.25",
+            "5. volume": "1200",
+        }
+
+        def three_days(request: httpx.Request) -> httpx.Response:
+            series = {day: bar for day in ("2024-06-12", "2024-06-14", "2024-06-13")}
+            meta = {
+                "2. Symbol": request.url.params["symbol"],
+                "3. Last Refreshed": "2024-06-14",
+                "5. Time Zone": "US/Eastern",
+            }
+            return httpx.Response(200, json={"Meta Data": meta, "Time Series (Daily)": series})
+
+        app = create_app(
+            make_settings(),
+            upstream_transport=httpx.MockTransport(three_days),
+            configure_logs=False,
+        )
+        async with serve(app) as api:
+            response = await api.get("/stock/NEW", params={"days": 10})
+        assert response.status_code == 200
+        prices = response.json()["prices"]
+        assert_prices(prices, 3)
+        assert [point["date"] for point in prices] == ["2024-06-14", "2024-06-13", "2024-06-12"]
+        assert prices[0] == {
+            "date": "2024-06-14",
+            "open": 10.0,
+            "high": 12.5,
+            "low": 9.5,
+            "close": 11.25,
+            "volume": 1200,
+        }
+
+
+# -- GET /stock/{symbol}/quote -----------------------------------------------------------
+
+
+class TestQuote:
+    async def test_answers_the_latest_bar_as_a_quote(self, api: httpx.AsyncClient) -> None:
+        response = await api.get("/stock/ibm/quote")
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        body = response.json()
+        assert set(body) == QUOTE_FIELDS
+        assert body["symbol"] == "IBM"
+        assert body["source"] == "upstream"
+        for key in ("price", "open", "high", "low", "previous_close", "change"):
+            assert is_number(body[key]), key
+        assert is_number(body["change_percent"])  # "-0.3886%" upstream, a number here
+        assert type(body["volume"]) is int
+        dt.date.fromisoformat(body["latest_trading_day"])
+        assert body["low"] <= min(body["open"], body["price"])
+        assert body["high"] >= max(body["open"], body["price"])
+        assert body["change"] == pytest.approx(body["price"] - body["previous_close"], abs=0.01)
+        percent = body["change"] / body["previous_close"] * 100
+        assert body["change_percent"] == pytest.approx(percent, abs=0.01)
+
+    async def test_quote_matches_the_newest_daily_bar(self, api: httpx.AsyncClient) -> None:
+        quote_body = (await api.get("/stock/MSFT/quote")).json()
+        newest, previous = (await api.get("/stock/MSFT", params={"days": 2})).json()["prices"]
+        assert quote_body["latest_trading_day"] == newest["date"]
+        assert quote_body["price"] == newest["close"]
+        assert quote_body["open"] == newest["open"]
+        assert quote_body["high"] == newest["high"]
+        assert quote_body["low"] == newest["low"]
+        assert quote_body["volume"] == newest["volume"]
+        assert quote_body["previous_close"] == previous["close"]
+
+
+# -- cache -----------------------------------------------------------------------------
+
+
+class TestCache:
+    @ENDPOINTS
+    async def test_second_request_is_served_from_cache(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, endpoint: str
+    ) -> None:
+        first = await api.get(endpoint.format("IBM"))
+        second = await api.get(endpoint.format("IBM"))
+        assert first.json()["source"] == "upstream"
+        assert second.json()["source"] == "cache"
+        assert {**first.json(), "source": "cache"} == second.json()
+        assert await upstream_calls(faults) == 1
+
+    async def test_any_days_is_served_from_one_cached_series(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        five = (await api.get("/stock/IBM", params={"days": 5})).json()
+        hundred = (await api.get("/stock/IBM", params={"days": 100})).json()
+        one = (await api.get("/stock/IBM", params={"days": 1})).json()
+        assert [five["source"], hundred["source"], one["source"]] == ["upstream", "cache", "cache"]
+        assert_prices(hundred["prices"], 100)
+        assert hundred["prices"][:5] == five["prices"]
+        assert hundred["prices"][:1] == one["prices"]
+        assert await upstream_calls(faults) == 1
+
+    async def test_daily_and_quote_are_cached_apart(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        assert (await api.get("/stock/IBM")).json()["source"] == "upstream"
+        quote_response = await api.get("/stock/IBM/quote")
+        assert quote_response.status_code == 200
+        assert quote_response.json()["source"] == "upstream"
+        calls = (await faults.get("/_stats")).json()["calls"]
+        assert calls == {"TIME_SERIES_DAILY": 1, "GLOBAL_QUOTE": 1}
+
+    async def test_failures_are_not_cached(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await set_fault(faults, "http_500")
+        error_detail(await api.get("/stock/IBM"), 502)
+        await set_fault(faults, "healthy")
+        response = await api.get("/stock/IBM")
+        assert response.status_code == 200
+        assert response.json()["source"] == "upstream"
+
+
+# -- unknown symbols ---------------------------------------------------------------------
+
+
+class TestUnknownSymbol:
+    @ENDPOINTS
+    async def test_unknown_symbol_is_404_naming_it(
+        self, api: httpx.AsyncClient, endpoint: str
+    ) -> None:
+        detail = error_detail(await api.get(endpoint.format("zztop")), 404)
+        assert "ZZTOP" in detail
+
+    async def test_unknown_symbols_do_not_trip_the_breaker(self, api: httpx.AsyncClient) -> None:
+        for n in range(10):
+            endpoint = DAILY if n % 2 else QUOTE
+            error_detail(await api.get(endpoint.format(f"ZZ{n}")), 404)
+        status = await breaker(api)
+        assert status["state"] == "closed"
+        assert status["failure_count"] == 0
+        assert status["last_failure_time"] is None
+        assert (await api.get("/stock/IBM")).status_code == 200
+
+    async def test_unknown_symbol_does_not_reset_the_failure_count(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await set_fault(faults, "http_500")
+        for n in range(4):
+            error_detail(await api.get(f"/stock/FAIL{n}"), 502)
+        await set_fault(faults, "healthy")
+        error_detail(await api.get("/stock/ZZTOP"), 404)
+        assert (await breaker(api))["failure_count"] == 4
+        await set_fault(faults, "http_500")
+        error_detail(await api.get("/stock/FAIL4"), 502)
+        assert (await breaker(api))["state"] == "open"
+
+    async def test_unknown_symbol_is_counted_as_its_own_outcome(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        await api.get("/stock/ZZTOP")
+        await api.get("/stock/ZZTOP/quote")
+        lines = await scrape(api)
+        for function in ("TIME_SERIES_DAILY", "GLOBAL_QUOTE"):
+            assert sample(lines, UPSTREAM_CALLS.format(function, "unknown_symbol")) == 1.0
+            assert sample(lines, UPSTREAM_CALLS.format(function, "success")) == 0.0
+
+
+# -- upstream faults -----------------------------------------------------------------------
+
+
+class TestUpstreamFaults:
+    @pytest.mark.parametrize(
+        ("mode", "status", "words", "outcome"),
+        [
+            ("rate_limited", 503, "rate limit", "rate_limited"),
+            ("invalid_key", 502, "key", "refused"),
+            ("premium", 502, "premium", "refused"),
+            ("http_500", 502, "500", "bad_response"),
+            ("down", 502, "503", "bad_response"),
+            ("bad_json", 502, "not JSON", "bad_response"),
+        ],
+    )
+    @ENDPOINTS
+    async def test_fault_maps_to_an_error_answer(
+        self,
+        api: httpx.AsyncClient,
+        faults: httpx.AsyncClient,
+        endpoint: str,
+        mode: str,
+        status: int,
+        words: str,
+        outcome: str,
+    ) -> None:
+        await set_fault(faults, mode)
+        response = await api.get(endpoint.format("IBM"))
+        detail = error_detail(response, status)
+        assert words.lower() in detail.lower()
+        if mode == "rate_limited":
+            retry_after(response)
+        assert await upstream_calls(faults) == 1
+        function = "TIME_SERIES_DAILY" if endpoint == DAILY else "GLOBAL_QUOTE"
+        assert sample(await scrape(api), UPSTREAM_CALLS.format(function, outcome)) == 1.0
+
+
+class TestUpstreamTimeout:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(upstream_timeout_seconds=0.2)
+
+    @ENDPOINTS
+    async def test_slow_upstream_is_504(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, endpoint: str
+    ) -> None:
+        await set_fault(faults, "slow", delay=1.0)
+        started = time.perf_counter()
+        response = await api.get(endpoint.format("IBM"))
+        assert time.perf_counter() - started < 0.9  # the timeout, not the upstream's delay
+        detail = error_detail(response, 504)
+        assert "0.2" in detail
+        function = "TIME_SERIES_DAILY" if endpoint == DAILY else "GLOBAL_QUOTE"
+        assert sample(await scrape(api), UPSTREAM_CALLS.format(function, "timeout")) == 1.0
+
+    async def test_concurrent_timeouts_share_one_call_and_one_failure(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await set_fault(faults, "slow", delay=1.0)
+        responses = await asyncio.gather(*(api.get("/stock/IBM") for _ in range(20)))
+        for response in responses:
+            error_detail(response, 504)
+        assert await upstream_calls(faults) == 1
+        assert (await breaker(api))["failure_count"] == 1
+
+
+# -- circuit breaker -----------------------------------------------------------------------
+
+
+class TestCircuitBreaker:
+    async def test_status_when_closed(self, api: httpx.AsyncClient) -> None:
+        status = await breaker(api)
+        assert set(status) == BREAKER_FIELDS
+        assert status["name"] == "alphavantage"
+        assert status["state"] == "closed"
+        assert status["failure_count"] == 0
+        assert status["success_count"] == 0
+        assert status["failure_threshold"] == 5
+        assert status["success_threshold"] == 3
+        assert status["timeout_seconds"] == 30.0
+        assert status["half_open_max_calls"] == 1
+        assert status["last_failure_time"] is None
+        assert status["opened_at"] is None
+        assert status["retry_after_seconds"] == 0
+
+    async def test_five_failures_open_it_and_the_sixth_is_rejected_without_upstream_call(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await trip(api, faults)
+        assert await upstream_calls(faults) == 5
+        response = await api.get("/stock/SIXTH")
+        detail = error_detail(response, 503)
+        assert "circuit breaker" in detail
+        assert 1 <= retry_after(response) <= 30
+        assert await upstream_calls(faults) == 5
+        quote_response = await api.get("/stock/SIXTH/quote")
+        error_detail(quote_response, 503)
+        retry_after(quote_response)
+        assert await upstream_calls(faults) == 5
+
+    async def test_status_when_open(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await trip(api, faults)
+        status = await breaker(api)
+        assert status["state"] == "open"
+        assert status["failure_count"] == 5
+        assert utc_instant(status["opened_at"]) >= utc_instant(status["last_failure_time"])
+        assert 0 < status["retry_after_seconds"] <= 30
+
+    async def test_success_clears_the_failure_count(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await set_fault(faults, "http_500")
+        for n in range(4):
+            error_detail(await api.get(f"/stock/FAIL{n}"), 502)
+        assert (await breaker(api))["failure_count"] == 4
+        utc_instant((await breaker(api))["last_failure_time"])
+        await set_fault(faults, "healthy")
+        assert (await api.get("/stock/IBM")).status_code == 200
+        assert (await breaker(api))["failure_count"] == 0
+        await set_fault(faults, "http_500")
+        error_detail(await api.get("/stock/FAIL9"), 502)
+        assert (await breaker(api))["state"] == "closed"
+
+
+class TestBreakerTimeout:
+    """A breaker that opens for 50 ms: these tests wait it out on purpose."""
+
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(breaker_timeout_seconds=0.05)
+
+    async def test_half_open_after_the_timeout_and_closed_after_three_successes(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await trip(api, faults)
+        await asyncio.sleep(0.1)
+        assert (await breaker(api))["state"] == "half_open"
+        await set_fault(faults, "healthy")
+        for symbol in ("ONE", "TWO", "THREE"):
+            assert (await api.get(f"/stock/{symbol}")).status_code == 200
+        status = await breaker(api)
+        assert status["state"] == "closed"
+        assert status["opened_at"] is None
+
+    async def test_state_gauge_reads_half_open_without_traffic(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await trip(api, faults)
+        lines = await scrape(api)
+        assert f"{STATE_GAUGE}1.0" in lines
+        await asyncio.sleep(0.1)
+        lines = await scrape(api)
+        assert f"{STATE_GAUGE}2.0" in lines
+        assert sample(lines, STATE_CHANGES.format("closed", "open")) == 1.0
+        assert sample(lines, STATE_CHANGES.format("open", "half_open")) == 1.0
+
+    async def test_forced_open_outlasts_the_timeout(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
+        await asyncio.sleep(0.1)
+        assert (await breaker(api))["state"] == "open"
+        error_detail(await api.get("/stock/IBM"), 503)
+        assert f"{STATE_GAUGE}1.0" in await scrape(api)
+        assert await upstream_calls(faults) == 0
+
+
+class TestSubSecondBreakerTimeout:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(breaker_timeout_seconds=0.5)
+
+    async def test_retry_after_is_rounded_up_to_one_second(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await trip(api, faults)
+        response = await api.get("/stock/SIXTH")
+        error_detail(response, 503)
+        assert response.headers["retry-after"] == "1"
+        assert 0 < (await breaker(api))["retry_after_seconds"] <= 0.5
+
+
+# -- stale serving -------------------------------------------------------------------------
+
+
+class TestStaleServing:
+    """Every cache entry is expired at once (TTL 0) but kept an hour for degraded serving."""
+
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(cache_ttl_seconds=0, cache_stale_seconds=3600)
+
+    async def test_expired_copy_is_refetched_while_upstream_is_healthy(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        assert (await api.get("/stock/IBM")).json()["source"] == "upstream"
+        assert (await api.get("/stock/IBM")).json()["source"] == "upstream"
+        assert await upstream_calls(faults) == 2
+
+    @pytest.mark.parametrize(
+        "mode", ["http_500", "down", "bad_json", "rate_limited", "invalid_key", "premium"]
+    )
+    @ENDPOINTS
+    async def test_expired_copy_is_served_stale_when_upstream_fails(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, endpoint: str, mode: str
+    ) -> None:
+        fresh = (await api.get(endpoint.format("IBM"))).json()
+        assert fresh["source"] == "upstream"
+        await set_fault(faults, mode)
+        response = await api.get(endpoint.format("IBM"))
+        assert response.status_code == 200, response.text
+        assert response.json() == {**fresh, "source": "stale"}
+        assert await upstream_calls(faults) == 2  # it did try upstream first
+        function = "TIME_SERIES_DAILY" if endpoint == DAILY else "GLOBAL_QUOTE"
+        assert sample(await scrape(api), CACHE_REQUESTS.format(function, "stale")) == 1.0
+
+    async def test_stale_copy_is_served_while_the_breaker_is_forced_open(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        assert (await api.get("/stock/IBM", params={"days": 3})).status_code == 200
+        assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
+        response = await api.get("/stock/IBM", params={"days": 7})
+        assert response.status_code == 200
+        assert response.json()["source"] == "stale"
+        assert_prices(response.json()["prices"], 7)
+        assert await upstream_calls(faults) == 1
+
+    async def test_stale_copy_is_served_after_the_breaker_trips(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        assert (await api.get("/stock/IBM")).status_code == 200
+        await trip(api, faults)
+        assert (await breaker(api))["state"] == "open"
+        response = await api.get("/stock/IBM")
+        assert response.status_code == 200
+        assert response.json()["source"] == "stale"
+        assert await upstream_calls(faults) == 6
+        assert sample(await scrape(api), REJECTED) == 1.0
+
+    async def test_symbol_never_fetched_gets_an_error_not_a_stale_copy(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        assert (await api.get("/stock/IBM")).status_code == 200
+        await set_fault(faults, "http_500")
+        error_detail(await api.get("/stock/MSFT"), 502)
+        assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
+        response = await api.get("/stock/MSFT")
+        error_detail(response, 503)
+        retry_after(response)
+        # IBM's copy is only for IBM, and only for the daily series.
+        error_detail(await api.get("/stock/IBM/quote"), 503)
+
+
+# -- coalescing ----------------------------------------------------------------------------
+
+
+class TestCoalescing:
+    async def test_concurrent_requests_share_one_upstream_call(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await set_fault(faults, "slow", delay=0.2)
+        days = [n % 100 + 1 for n in range(50)]
+        responses = await asyncio.gather(
+            *(api.get("/stock/MSFT", params={"days": d}) for d in days)
+        )
+        assert [response.status_code for response in responses] == [200] * 50
+        assert await upstream_calls(faults) == 1
+        bodies = [response.json() for response in responses]
+        assert {body["source"] for body in bodies} <= {"upstream", "cache"}
+        assert [len(body["prices"]) for body in bodies] == days
+        longest = max(bodies, key=lambda body: len(body["prices"]))["prices"]
+        assert all(body["prices"] == longest[: len(body["prices"])] for body in bodies)
+
+    async def test_concurrent_requests_for_distinct_symbols_are_not_merged(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await set_fault(faults, "slow", delay=0.1)
+        symbols = ["AAA", "BBB", "CCC", "DDD", "EEE"] * 10
+        responses = await asyncio.gather(*(api.get(f"/stock/{s}") for s in symbols))
+        assert [response.json()["symbol"] for response in responses] == symbols
+        assert await upstream_calls(faults) == 5
+
+
+# -- admin -----------------------------------------------------------------------------
+
+
+class TestAdmin:
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Bearer "},
+            {"Authorization": ADMIN_TOKEN},
+            {"Authorization": f"Basic {ADMIN_TOKEN}"},
+            {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
+            {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}"},
+        ],
+        ids=["none", "wrong", "empty", "no-scheme", "basic", "longer", "shorter"],
+    )
+    @pytest.mark.parametrize("action", ["open", "reset"])
+    async def test_without_the_token_is_401(
+        self, api: httpx.AsyncClient, action: str, headers: dict[str, str]
+    ) -> None:
+        response = await api.post(f"/circuit-breaker/{action}", headers=headers)
+        error_detail(response, 401)
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert (await breaker(api))["state"] == "closed"
+
+    async def test_open_answers_the_snapshot_and_stays_open(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        response = await api.post("/circuit-breaker/open", headers=ADMIN)
+        assert response.status_code == 200
+        status = response.json()
+        assert set(status) == BREAKER_FIELDS
+        assert status["state"] == "open"
+        utc_instant(status["opened_at"])
+        assert status["retry_after_seconds"] > 0
+        assert (await breaker(api))["state"] == "open"
+        rejected = await api.get("/stock/IBM")
+        error_detail(rejected, 503)
+        retry_after(rejected)
+        assert await upstream_calls(faults) == 0
+
+    async def test_reset_closes_it(self, api: httpx.AsyncClient, faults: httpx.AsyncClient) -> None:
+        await trip(api, faults)
+        await set_fault(faults, "healthy")
+        response = await api.post("/circuit-breaker/reset", headers=ADMIN)
+        assert response.status_code == 200
+        status = response.json()
+        assert status["state"] == "closed"
+        assert status["failure_count"] == 0
+        assert status["opened_at"] is None
+        assert status["last_failure_time"] is None
+        assert (await api.get("/stock/IBM")).status_code == 200
+
+    async def test_reset_after_force_open_closes_it(self, api: httpx.AsyncClient) -> None:
+        assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
+        assert (await api.post("/circuit-breaker/reset", headers=ADMIN)).json()["state"] == "closed"
+        assert (await api.get("/stock/IBM")).status_code == 200
+
+
+class TestAdminDisabled:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(admin_token=None)
+
+    @pytest.mark.parametrize("headers", [{}, ADMIN], ids=["anonymous", "bearer"])
+    @pytest.mark.parametrize("action", ["open", "reset"])
+    async def test_admin_endpoints_are_404(
+        self, api: httpx.AsyncClient, action: str, headers: dict[str, str]
+    ) -> None:
+        response = await api.post(f"/circuit-breaker/{action}", headers=headers)
+        assert error_detail(response, 404) == "Not Found"
+        assert (await breaker(api))["state"] == "closed"
+
+
+# -- health ----------------------------------------------------------------------------
+
+
+class TestHealth:
+    async def test_healthz_and_readyz_while_running(self, api: httpx.AsyncClient) -> None:
+        healthz = await api.get("/healthz")
+        assert healthz.status_code == 200
+        assert healthz.json() == {"status": "ok"}
+        readyz = await api.get("/readyz")
+        assert readyz.status_code == 200
+        assert readyz.json() == {"status": "ready"}
+
+    async def test_both_stay_200_while_the_breaker_is_open(self, api: httpx.AsyncClient) -> None:
+        assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
+        assert (await api.get("/healthz")).status_code == 200
+        assert (await api.get("/readyz")).status_code == 200
+
+    async def test_readyz_is_503_after_shutdown(self, app: FastAPI) -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", event_hooks={"response": [check_response]}
+        ) as api:
+            async with app.router.lifespan_context(app):
+                assert (await api.get("/readyz")).status_code == 200
+            assert error_detail(await api.get("/readyz"), 503) == "not ready"
+            assert (await api.get("/healthz")).status_code == 200
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+
+class TestMetrics:
+    async def test_content_type_is_text_plain(self, api: httpx.AsyncClient) -> None:
+        response = await api.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+
+    async def test_known_series_exist_before_any_traffic(self, api: httpx.AsyncClient) -> None:
+        lines = await scrape(api)
+        assert f"{STATE_GAUGE}0.0" in lines
+        assert sample(lines, REJECTED) == 0.0
+        for old, new in [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]:
+            assert sample(lines, STATE_CHANGES.format(old, new)) == 0.0
+        for function in ("TIME_SERIES_DAILY", "GLOBAL_QUOTE"):
+            for outcome in ("success", "timeout", "rate_limited", "unknown_symbol"):
+                assert sample(lines, UPSTREAM_CALLS.format(function, outcome)) == 0.0
+            for result in ("hit", "miss", "stale"):
+                assert sample(lines, CACHE_REQUESTS.format(function, result)) == 0.0
+
+    async def test_state_gauge_follows_force_open_and_reset(self, api: httpx.AsyncClient) -> None:
+        assert f"{STATE_GAUGE}0.0" in await scrape(api)
+        await api.post("/circuit-breaker/open", headers=ADMIN)
+        lines = await scrape(api)
+        assert f"{STATE_GAUGE}1.0" in lines
+        assert sample(lines, STATE_CHANGES.format("closed", "open")) == 1.0
+        await api.post("/circuit-breaker/reset", headers=ADMIN)
+        lines = await scrape(api)
+        assert f"{STATE_GAUGE}0.0" in lines
+        assert sample(lines, STATE_CHANGES.format("open", "closed")) == 1.0
+
+    async def test_a_trip_counts_one_state_change_and_each_rejection(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+    ) -> None:
+        await trip(api, faults)
+        for _ in range(3):
+            await api.get("/stock/REJECTED")
+        lines = await scrape(api)
+        assert (
+            'stock_api_circuit_breaker_state_changes_total{breaker="alphavantage",'
+            'from_state="closed",to_state="open"} 1.0'
+        ) in lines
+        assert sample(lines, REJECTED) == 3.0
+        assert sample(lines, UPSTREAM_CALLS.format("TIME_SERIES_DAILY", "bad_response")) == 5.0
+
+    async def test_upstream_calls_and_cache_lookups_are_counted(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        await api.get("/stock/IBM")
+        await api.get("/stock/IBM", params={"days": 3})
+        await api.get("/stock/IBM/quote")
+        lines = await scrape(api)
+        assert (
+            'stock_api_upstream_calls_total{function="TIME_SERIES_DAILY",outcome="success"} 1.0'
+            in lines
+        )
+        assert sample(lines, UPSTREAM_CALLS.format("GLOBAL_QUOTE", "success")) == 1.0
+        assert sample(lines, CACHE_REQUESTS.format("TIME_SERIES_DAILY", "miss")) == 1.0
+        assert sample(lines, CACHE_REQUESTS.format("TIME_SERIES_DAILY", "hit")) == 1.0
+        assert sample(lines, CACHE_REQUESTS.format("TIME_SERIES_DAILY", "stale")) == 0.0
+        assert sample(lines, CACHE_REQUESTS.format("GLOBAL_QUOTE", "miss")) == 1.0
+
+    async def test_http_requests_are_labelled_by_route_template_only(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        for path in (
+            "/stock/IBM",
+            "/stock/IBM/quote",
+            "/stock/ZZIBM",
+            "/stock/%5EIBM",
+            "/stock/IBM?days=0",
+            "/stock/IBM/",
+            "/nowhere/IBM",
+        ):
+            await api.get(path)
+        await api.post("/stock/IBM")
+        response = await api.get("/metrics")
+        lines = response.text.splitlines()
+        assert (
+            'stock_api_http_requests_total{method="GET",route="/stock/{symbol}",status="200"} 1.0'
+        ) in lines
+        assert (
+            'stock_api_http_requests_total{method="GET",route="/stock/{symbol}",status="422"} 2.0'
+        ) in lines
+        routes = {
+            metric.labels["route"]
+            for family in text_string_to_metric_families(response.text)
+            for metric in family.samples
+            if "route" in metric.labels
+        }
+        assert "/stock/{symbol}" in routes
+        assert "unmatched" in routes
+        assert routes <= ROUTE_LABELS
+        values = label_values(response.text)
+        assert not [value for value in values if "IBM" in value or "nowhere" in value]
+        assert "IBM" not in response.text
+
+
+# -- request ids -----------------------------------------------------------------------
+
+
+class TestRequestId:
+    @pytest.mark.parametrize("path", ["/healthz", "/stock/IBM", "/stock/%5E", "/nowhere"])
+    async def test_a_plain_request_id_is_echoed(self, api: httpx.AsyncClient, path: str) -> None:
+        response = await api.get(path, headers={"X-Request-ID": "abc-123"})
+        assert response.headers.get_list("x-request-id") == ["abc-123"]
+
+    async def test_a_request_id_is_generated_when_absent(self, api: httpx.AsyncClient) -> None:
+        first = (await api.get("/healthz")).headers["x-request-id"]
+        second = (await api.get("/healthz")).headers["x-request-id"]
+        assert HEX32.fullmatch(first)
+        assert HEX32.fullmatch(second)
+        assert first != second
+
+    @pytest.mark.parametrize(
+        "sent",
+        ["x" * 200, "abc 123", "abc\t123", "", "a/b", "<script>", "id;drop", "a" * 129],
+        ids=["200-chars", "space", "tab", "empty", "slash", "markup", "semicolon", "129-chars"],
+    )
+    async def test_an_unusable_request_id_is_replaced(
+        self, api: httpx.AsyncClient, sent: str
+    ) -> None:
+        response = await api.get("/healthz", headers={"X-Request-ID": sent})
+        assert HEX32.fullmatch(response.headers["x-request-id"])
+
+    async def test_the_longest_usable_request_id_is_echoed(self, api: httpx.AsyncClient) -> None:
+        sent = "A1._:-" * 21 + "xy"  # 128 characters
+        response = await api.get("/healthz", headers={"X-Request-ID": sent})
+        assert response.headers["x-request-id"] == sent
+
+    async def test_request_id_on_an_unexpected_error(
+        self, app: FastAPI, faults: httpx.AsyncClient
+    ) -> None:
+        # Over the in-process transport, the simulator's dropped connection reaches the app as
+        # an exception it does not expect: the catch-all error handler answers.
+        await set_fault(faults, "drop")
+        async with serve(app, raise_app_exceptions=False) as api:
+            response = await api.get("/stock/IBM", headers={"X-Request-ID": "abc-123"})
+        assert error_detail(response, 500) == "internal server error"
+        assert response.headers.get("x-request-id") == "abc-123"
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        "path", ["/nowhere", "/stock", "/stock/IBM/quote/extra", "/STOCK/IBM", "/stock//IBM"]
+    )
+    async def test_unknown_route_is_404(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, path: str
+    ) -> None:
+        assert error_detail(await api.get(path), 404) == "Not Found"
+        assert await upstream_calls(faults) == 0
+
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("POST", "/stock/IBM"),
+            ("DELETE", "/stock/IBM/quote"),
+            ("PUT", "/circuit-breaker"),
+            ("GET", "/circuit-breaker/open"),
+            ("GET", "/circuit-breaker/reset"),
+            ("POST", "/healthz"),
+        ],
+    )
+    async def test_wrong_method_is_405(
+        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, method: str, path: str
+    ) -> None:
+        response = await api.request(method, path, headers=ADMIN)
+        assert error_detail(response, 405) == "Method Not Allowed"
+        assert "allow" in response.headers
+        assert await upstream_calls(faults) == 0
+        assert (await breaker(api))["state"] == "closed"
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+async def test_the_api_key_never_leaves_the_service(
+    client: httpx.AsyncClient, faults: httpx.AsyncClient, simulator: Starlette
+) -> None:
+    """Every kind of answer, checked explicitly (the plain client, without the hook)."""
+    responses: list[httpx.Response] = []
+
+    async def get_all(*paths: str) -> None:
+        for path in paths:
+            responses.append(await client.get(path, headers={"X-Request-ID": "leak-check"}))
+
+    await get_all("/stock/IBM", "/stock/IBM/quote", "/stock/IBM", "/stock/ZZTOP", "/stock/^")
+    for mode in ("rate_limited", "invalid_key", "premium", "http_500", "down", "bad_json"):
+        await set_fault(faults, mode)
+        await get_all(f"/stock/{mode.replace('_', '')}", f"/stock/{mode[:4]}/quote")
+    # The rate-limit message quotes the key upstream: the key did travel, it must not return.
+    assert simulator.state.simulator.calls.total() > 0
+    await get_all("/stock/REJECTED", "/circuit-breaker", "/metrics", "/healthz", "/readyz")
+    await get_all("/nowhere", "/openapi.json", "/docs")
+    responses.append(await client.post("/circuit-breaker/open"))
+    responses.append(await client.post("/circuit-breaker/open", headers=ADMIN))
+    responses.append(await client.post("/circuit-breaker/reset", headers=ADMIN))
+    responses.append(await client.delete("/stock/IBM"))
+    statuses = {response.status_code for response in responses}
+    assert statuses >= {200, 401, 404, 405, 422, 502, 503}
+    for response in responses:
+        assert_clean(response)
