@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run test lint typecheck bench-breaker clean
+.PHONY: install tools run test lint typecheck rules-check compose-config bench-breaker clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -16,13 +16,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Tests use promtool (Debian's prometheus package) for real; as root, install it when missing.
+# Tests use Debian's prometheus (promtool, and a real server end to end) and docker-compose
+# (to validate the compose file) for real; as root, install whichever is missing.
+DEBIAN_TOOLS := prometheus:promtool prometheus:prometheus docker-compose:docker-compose
 tools:
-	@command -v promtool >/dev/null || { \
+	@missing=$$(for tool in $(DEBIAN_TOOLS); do \
+		command -v $${tool#*:} >/dev/null || echo $${tool%%:*}; done | sort -u); \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-				apt-get install -y -q --no-install-recommends prometheus; \
-		else echo "promtool is missing: sudo apt-get install prometheus"; exit 1; fi; }
+				apt-get install -y -q --no-install-recommends $$missing; \
+		else echo "missing: sudo apt-get install $$missing"; exit 1; fi; \
+	fi
 
 # Serves on 127.0.0.1:8080; without ALPHAVANTAGE_API_KEY, against the built-in simulator.
 run: $(STAMP)
@@ -37,6 +42,18 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The Prometheus config, the alert rules, and the rules' unit tests.
+rules-check: tools
+	promtool check config prometheus/prometheus.yml
+	promtool check rules prometheus/alerts.yml
+	promtool test rules prometheus/alerts_test.yml
+
+# Validates docker-compose.yml as Debian's docker-compose 1.29 reads it, for each profile.
+compose-config: tools
+	docker-compose config -q
+	docker-compose --profile demo config -q
+	docker-compose --profile live config -q
 
 bench-breaker: $(STAMP)
 	$(BIN)/python bench/bench_breaker.py

@@ -20,6 +20,8 @@ REQUEST_ID_HEADER = b"x-request-id"
 # A caller's request id is echoed only if it is short and plain; anything else is replaced.
 _USABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Probes and scrapes arrive every few seconds; at INFO they would drown the requests.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 ENCODED_SLASH = b"%2f"
 NOT_FOUND = JSONResponse({"detail": "Not Found"}, status_code=404)
 INTERNAL_ERROR = JSONResponse({"detail": "internal server error"}, status_code=500)
@@ -69,7 +71,8 @@ class RequestContextMiddleware:
             )
             method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
             self.metrics.observe_http(route, method, status or 500, seconds)
-            logger.info(
+            logger.log(
+                logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
                 "%s %s %d",
                 method,
                 route,

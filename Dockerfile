@@ -1,0 +1,47 @@
+# stock-service image: `docker build -t stock-service .` (docker-compose.yml builds it too).
+# Both stages use the same pinned base, so the venv's python symlinks stay valid.
+
+# -- build: install the project and its runtime dependencies into /opt/venv --------------
+FROM python:3.11.11-slim-bookworm AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+# README.md is the project's `readme` in pyproject.toml: the build needs it.
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN pip install --no-cache-dir .
+
+# -- runtime: the venv only, no build tools, no source tree, not root ---------------------
+FROM python:3.11.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH
+
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app
+
+COPY --from=build /opt/venv /opt/venv
+
+# An empty working directory: the app is imported from the venv, and no .env is read here
+# (configuration comes from the environment only).
+WORKDIR /srv/stock-service
+USER 10001:10001
+
+EXPOSE 8080
+
+# No curl in the image: python answers the probe. /healthz does not depend on the breaker.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+
+# One worker per container, on purpose: each worker would have its own breaker, cache and
+# metrics (and Prometheus would scrape one of them at random). Scale with replicas instead.
+# `--workers 1` is explicit so that a WEB_CONCURRENCY variable cannot change it.
+# The app logs JSON itself (configured at startup); our middleware logs each request, hence
+# --no-access-log. On SIGTERM, in-flight requests get up to 20 s to finish.
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8080", "--workers", "1", \
+     "--no-access-log", "--timeout-graceful-shutdown", "20"]
