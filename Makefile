@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run test lint typecheck rules-check compose-config bench-breaker clean
+.PHONY: install tools run test lint typecheck rules-check compose-config bench-breaker stress-test clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -57,6 +57,12 @@ compose-config: tools
 
 bench-breaker: $(STAMP)
 	$(BIN)/python bench/bench_breaker.py
+
+# wrk against real uvicorn processes on 127.0.0.1: about a minute, then a table.
+stress-test: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
+		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
+	$(BIN)/python bench/stress.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

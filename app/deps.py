@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.breaker import CircuitBreaker
 from app.metrics import Metrics
+from app.rendering import Renderer
 from app.service import StockService
 from app.settings import Settings
 
@@ -25,29 +26,34 @@ class Resources:
     breaker: CircuitBreaker
     metrics: Metrics
     service: StockService
+    renderer: Renderer
 
 
-def get_resources(request: Request) -> Resources:
+# Dependencies are `async def` on purpose: FastAPI runs a plain `def` one in a worker thread,
+# which costs more than the whole rest of a cached answer.
+
+
+def resources_of(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
 
-def get_service(request: Request) -> StockService:
-    return get_resources(request).service
+async def get_resources(request: Request) -> Resources:
+    return resources_of(request)
 
 
-def get_breaker(request: Request) -> CircuitBreaker:
-    return get_resources(request).breaker
+async def get_breaker(request: Request) -> CircuitBreaker:
+    return resources_of(request).breaker
 
 
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require_admin(
-    request: Request,
+async def require_admin(
+    resources: Annotated[Resources, Depends(get_resources)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    token = get_resources(request).settings.admin_token
+    token = resources.settings.admin_token
     if token is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
     presented = credentials.credentials if credentials else ""
@@ -59,7 +65,6 @@ def require_admin(
         )
 
 
-ServiceDep = Annotated[StockService, Depends(get_service)]
 BreakerDep = Annotated[CircuitBreaker, Depends(get_breaker)]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 AdminDep = Depends(require_admin)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.models import DailySeries, Quote
+from app.rendering import Renderer
 from app.routes import breaker as breaker_routes
 from app.routes import ops, stock
 from app.service import StockService
@@ -60,9 +62,15 @@ def create_app(
         async with httpx.AsyncClient(
             timeout=resolved.upstream_timeout_seconds,
             headers={"User-Agent": "stock-service"},
+            # Keep every connection the pool may open: under a burst of misses httpx's default
+            # (20 kept of 100) would close and reopen connections to the same host.
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
             transport=upstream_transport,
         ) as http:
             app.state.resources = build_resources(resolved, http, metrics)
+            # Everything built so far lives as long as the process: keep it out of the garbage
+            # collector's full passes, which would otherwise stall requests for milliseconds.
+            gc.freeze()
             app.state.ready = True
             logger.info(
                 "started",
@@ -115,7 +123,8 @@ def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metric
         max_entries=settings.cache_max_entries,
     )
     service = StockService(client, breaker, cache, metrics)
-    return Resources(settings, http, breaker, metrics, service)
+    renderer = Renderer(max_entries=settings.cache_max_entries)
+    return Resources(settings, http, breaker, metrics, service, renderer)
 
 
 def add_error_handlers(app: FastAPI) -> None:

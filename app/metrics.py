@@ -99,12 +99,17 @@ class Metrics(Listener):
         self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._rejected_children: dict[str, Counter] = {}
 
-        for function in functions:
-            self.upstream_duration.labels(function)
-            for outcome in OUTCOMES:
-                self.upstream_calls.labels(function, outcome)
-            for result in CACHE_RESULTS:
-                self.cache_requests.labels(function, result)
+        self._upstream_calls = {
+            (function, outcome): self.upstream_calls.labels(function, outcome)
+            for function in functions
+            for outcome in OUTCOMES
+        }
+        self._upstream_duration = {f: self.upstream_duration.labels(f) for f in functions}
+        self._cache_requests = {
+            (function, result): self.cache_requests.labels(function, result)
+            for function in functions
+            for result in CACHE_RESULTS
+        }
         for route in routes:
             self.http_duration.labels(route, "GET")
 
@@ -132,11 +137,11 @@ class Metrics(Listener):
         children[1].observe(seconds)
 
     def observe_upstream(self, function: str, outcome: str, seconds: float) -> None:
-        self.upstream_calls.labels(function, outcome).inc()
-        self.upstream_duration.labels(function).observe(seconds)
+        self._upstream_calls[function, outcome].inc()
+        self._upstream_duration[function].observe(seconds)
 
     def count_cache(self, function: str, result: str) -> None:
-        self.cache_requests.labels(function, result).inc()
+        self._cache_requests[function, result].inc()
 
     # -- Listener ------------------------------------------------------------------------
 

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from app.deps import ServiceDep
+from app.deps import resources_of
 from app.models import DailyPrices, ErrorBody, QuoteAnswer
 
 router = APIRouter(tags=["stock"])
+JSON = "application/json"
 
 # Letters and digits in groups joined by single dots or dashes: IBM, BRK.B, RDS-A, 600104.SHH.
 SYMBOL_PATTERN = r"^[A-Za-z0-9]+(?:[.-][A-Za-z0-9]+)*$"
@@ -35,19 +36,18 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
+# The hot routes answer pre-rendered JSON (app/rendering.py); response_model documents the
+# shape. They take the Request rather than a Depends(): resolving a dependency costs FastAPI
+# about 20 us, a fifth of a whole cache hit.
 @router.get("/stock/{symbol}", response_model=DailyPrices, responses=ERRORS)
-async def daily_prices(symbol: Symbol, service: ServiceDep, days: Days = 30) -> DailyPrices:
-    series, source = await service.daily(symbol.upper())
-    return DailyPrices(
-        symbol=series.symbol,
-        last_refreshed=series.last_refreshed,
-        time_zone=series.time_zone,
-        source=source,
-        prices=series.prices[:days],
-    )
+async def daily_prices(symbol: Symbol, request: Request, days: Days = 30) -> Response:
+    resources = resources_of(request)
+    series, source = await resources.service.daily(symbol.upper())
+    return Response(resources.renderer.daily(series, days, source), media_type=JSON)
 
 
 @router.get("/stock/{symbol}/quote", response_model=QuoteAnswer, responses=ERRORS)
-async def quote(symbol: Symbol, service: ServiceDep) -> QuoteAnswer:
-    value, source = await service.quote(symbol.upper())
-    return QuoteAnswer(**value.model_dump(), source=source)
+async def quote(symbol: Symbol, request: Request) -> Response:
+    resources = resources_of(request)
+    value, source = await resources.service.quote(symbol.upper())
+    return Response(resources.renderer.quote(value, source), media_type=JSON)

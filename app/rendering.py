@@ -1,0 +1,51 @@
+"""JSON answers, rendered once per cached value and reused while that value lives.
+
+Validating and serialising a 30-day answer costs more than everything else a cache hit does,
+so the bytes are kept: keyed by what was asked (symbol, days, source) and valid only for the
+very value they were rendered from, so a refreshed series is never answered with old bytes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from app.models import DailyPrices, DailySeries, Quote, QuoteAnswer, Source
+
+
+class Renderer:
+    def __init__(self, max_entries: int) -> None:
+        self._max_entries = max_entries
+        self._rendered: OrderedDict[Hashable, tuple[object, bytes]] = OrderedDict()
+
+    def daily(self, series: DailySeries, days: int, source: Source) -> bytes:
+        return self._memo(
+            ("daily", series.symbol, days, source),
+            series,
+            lambda: DailyPrices(
+                symbol=series.symbol,
+                last_refreshed=series.last_refreshed,
+                time_zone=series.time_zone,
+                source=source,
+                prices=series.prices[:days],
+            ).model_dump_json(),
+        )
+
+    def quote(self, quote: Quote, source: Source) -> bytes:
+        return self._memo(
+            ("quote", quote.symbol, source),
+            quote,
+            lambda: QuoteAnswer(**dict(quote), source=source).model_dump_json(),
+        )
+
+    def _memo(self, key: Hashable, value: object, render: Callable[[], str]) -> bytes:
+        entry = self._rendered.get(key)
+        if entry is not None and entry[0] is value:
+            self._rendered.move_to_end(key)
+            return entry[1]
+        body = render().encode()
+        self._rendered[key] = (value, body)
+        self._rendered.move_to_end(key)
+        while len(self._rendered) > self._max_entries:
+            self._rendered.popitem(last=False)
+        return body
