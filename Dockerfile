@@ -40,8 +40,7 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
 
 # One worker per container, on purpose: each worker would have its own breaker, cache and
 # metrics (and Prometheus would scrape one of them at random). Scale with replicas instead.
-# `--workers 1` is explicit so that a WEB_CONCURRENCY variable cannot change it.
-# The app logs JSON itself (configured at startup); our middleware logs each request, hence
-# --no-access-log. On SIGTERM, in-flight requests get up to 20 s to finish.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8080", "--workers", "1", \
-     "--no-access-log", "--timeout-graceful-shutdown", "20"]
+# `python -m app` runs one uvicorn worker with the app's JSON logging, and on SIGTERM drains
+# (/readyz 503) for SHUTDOWN_DRAIN_SECONDS, then lets in-flight requests finish within
+# SHUTDOWN_GRACE_SECONDS. Without ALPHAVANTAGE_API_KEY it refuses to start, with one line.
+CMD ["python", "-m", "app", "--host", "0.0.0.0", "--port", "8080"]

@@ -31,7 +31,7 @@ tools:
 
 # Serves on 127.0.0.1:8080; without ALPHAVANTAGE_API_KEY, against the built-in simulator.
 run: $(STAMP)
-	$(BIN)/python -m app
+	$(BIN)/python -m app --simulator-port 8081
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest

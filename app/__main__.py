@@ -1,7 +1,9 @@
-"""`python -m app` (what `make run` does): serve on 127.0.0.1:8080.
+"""`python -m app`: serve on 127.0.0.1:8080 with the settings from the environment, and the
+graceful shutdown they ask for (SHUTDOWN_DRAIN_SECONDS, SHUTDOWN_GRACE_SECONDS).
 
-Without ALPHAVANTAGE_API_KEY it also starts the built-in Alpha Vantage simulator and points
-the service at it, so a fresh clone runs with no account.
+With `--simulator-port N` (what `make run` passes) and no ALPHAVANTAGE_API_KEY, it also starts
+the built-in Alpha Vantage simulator on that port and points the service at it, so a fresh
+clone runs with no account. Without it, a missing key is an error, as it is in production.
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--simulator-port", type=int, default=8081)
+    parser.add_argument(
+        "--simulator-port",
+        type=int,
+        help="without ALPHAVANTAGE_API_KEY, serve from a simulator started on this port",
+    )
     args = parser.parse_args()
     configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper())
 
@@ -54,6 +60,8 @@ def main() -> None:
         try:
             settings = load_settings()
         except MissingApiKey:
+            if args.simulator_port is None:
+                raise
             simulator = start_simulator("127.0.0.1", args.simulator_port)
             url = f"http://127.0.0.1:{args.simulator_port}/query"
             os.environ["ALPHAVANTAGE_BASE_URL"] = url
@@ -73,6 +81,7 @@ def main() -> None:
             port=args.port,
             log_config=None,
             access_log=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         )
     except ConfigError as exc:
         logger.critical("%s", exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from typing import Any
 
 import httpx
@@ -114,12 +115,19 @@ def parse_quote(payload: dict[str, Any]) -> Quote:
 
 class AlphaVantageClient:
     def __init__(
-        self, http: httpx.AsyncClient, *, api_key: SecretStr, base_url: str, timeout: float
+        self,
+        http: httpx.AsyncClient,
+        *,
+        api_key: SecretStr,
+        base_url: str,
+        timeout: float,
+        max_body_bytes: int = 5_000_000,
     ) -> None:
         self._http = http
         self._api_key = api_key
         self._base_url = base_url
         self._timeout = timeout
+        self._max_body_bytes = max_body_bytes
 
     async def daily(self, symbol: str) -> DailySeries:
         """The latest 100 trading days (outputsize=compact: `full` is premium)."""
@@ -134,7 +142,7 @@ class AlphaVantageClient:
         params["apikey"] = self._api_key.get_secret_value()
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._http.get(self._base_url, params=params)
+                body = await self._read(params)
         except (TimeoutError, httpx.TimeoutException):
             raise UpstreamTimeout(
                 f"Alpha Vantage did not answer within {self._timeout:g} s"
@@ -143,12 +151,28 @@ class AlphaVantageClient:
             raise UpstreamUnavailable(
                 f"could not reach Alpha Vantage ({type(exc).__name__})"
             ) from None
-        if response.status_code != 200:
-            raise BadUpstreamResponse(f"Alpha Vantage answered HTTP {response.status_code}")
         try:
-            payload = response.json()
+            payload = json.loads(body)
         except ValueError:
             raise BadUpstreamResponse("Alpha Vantage sent a body that is not JSON") from None
         if not isinstance(payload, dict):
             raise BadUpstreamResponse("Alpha Vantage sent JSON that is not an object")
         return payload
+
+    async def _read(self, params: dict[str, str]) -> bytes:
+        """The body of a 200 answer, refused unread past `max_body_bytes` (decoded size, so a
+        compressed bomb is cut off too)."""
+        limit = self._max_body_bytes
+        too_large = BadUpstreamResponse(f"Alpha Vantage sent a body over {limit} bytes")
+        async with self._http.stream("GET", self._base_url, params=params) as response:
+            if response.status_code != 200:
+                raise BadUpstreamResponse(f"Alpha Vantage answered HTTP {response.status_code}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise too_large
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large
+            return bytes(body)

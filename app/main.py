@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import math
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 
 import httpx
 from fastapi import FastAPI, Request
@@ -71,6 +75,7 @@ def create_app(
             # Everything built so far lives as long as the process: keep it out of the garbage
             # collector's full passes, which would otherwise stall requests for milliseconds.
             gc.freeze()
+            restore_sigterm = drain_on_sigterm(app, resolved.shutdown_drain_seconds)
             app.state.ready = True
             logger.info(
                 "started",
@@ -80,6 +85,7 @@ def create_app(
                 yield
             finally:
                 app.state.ready = False
+                restore_sigterm()
                 await app.state.resources.service.aclose()
 
     metrics = Metrics(alphavantage.FUNCTIONS, ROUTES)
@@ -99,6 +105,32 @@ def create_app(
     return app
 
 
+def drain_on_sigterm(app: FastAPI, drain_seconds: float) -> Callable[[], None]:
+    """On SIGTERM, answer /readyz with 503 at once but go on serving for `drain_seconds`, so
+    that load balancers stop sending traffic before the server stops accepting it; then hand
+    the signal on to the server (uvicorn), which lets in-flight requests finish within its
+    graceful-shutdown timeout. Returns what puts the server's own handler back."""
+    server_handler = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or not callable(server_handler):
+        return lambda: None  # not under a server that handles SIGTERM itself
+    loop = asyncio.get_running_loop()
+
+    def drain() -> None:
+        app.state.ready = False
+        logger.info("SIGTERM: not ready any more; draining for %g s", drain_seconds)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # A signal handler may interrupt anything: hand the work to the event loop.
+        loop.call_soon_threadsafe(drain)
+        loop.call_soon_threadsafe(loop.call_later, drain_seconds, server_handler, signum, frame)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, server_handler)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return restore
+
+
 def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> Resources:
     breaker = CircuitBreaker(
         BREAKER_NAME,
@@ -116,6 +148,7 @@ def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metric
         api_key=settings.alphavantage_api_key,
         base_url=settings.alphavantage_base_url,
         timeout=settings.upstream_timeout_seconds,
+        max_body_bytes=settings.upstream_max_body_bytes,
     )
     cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
         ttl=settings.cache_ttl_seconds,

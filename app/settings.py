@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     alphavantage_api_key: SecretStr
     alphavantage_base_url: str = ALPHAVANTAGE_URL
     upstream_timeout_seconds: PositiveSeconds = 10.0
+    upstream_max_body_bytes: AtLeastOne = 5_000_000
     breaker_failure_threshold: AtLeastOne = 5
     breaker_success_threshold: AtLeastOne = 3
     breaker_timeout_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
@@ -36,6 +37,8 @@ class Settings(BaseSettings):
     cache_stale_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 86400.0
     cache_max_entries: AtLeastOne = 10_000
     admin_token: SecretStr | None = None
+    shutdown_drain_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 2.0
+    shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 20
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("alphavantage_api_key", mode="before")

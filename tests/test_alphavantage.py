@@ -309,3 +309,54 @@ async def test_total_timeout_covers_a_slow_trickle() -> None:
         with pytest.raises(UpstreamTimeout) as info:
             await client.daily("IBM")
     assert "0.05" in info.value.detail
+
+
+# -- oversized bodies ------------------------------------------------------------------------
+
+
+async def test_a_body_declared_over_the_limit_is_refused_unread() -> None:
+    body = b"x" * 2000
+    streamed = False
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal streamed
+        streamed = True
+        yield body
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-length": str(len(body))}, content=chunks())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        client = AlphaVantageClient(
+            http, api_key=SecretStr(KEY), base_url=URL, timeout=1, max_body_bytes=1000
+        )
+        with pytest.raises(BadUpstreamResponse, match="over 1000 bytes"):
+            await client.daily("IBM")
+    assert not streamed
+
+
+async def test_a_streamed_body_is_cut_off_at_the_limit() -> None:
+    sent = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        while True:
+            sent += 1
+            yield b"{" * 512
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        client = AlphaVantageClient(
+            http, api_key=SecretStr(KEY), base_url=URL, timeout=1, max_body_bytes=4096
+        )
+        with pytest.raises(BadUpstreamResponse, match="over 4096 bytes"):
+            await client.daily("IBM")
+    assert sent <= 9  # read no further than the limit
+
+
+@respx.mock
+async def test_an_ordinary_body_is_read_whole(av: AlphaVantageClient) -> None:
+    respx.get(URL).mock(return_value=answer(DAILY))
+    assert (await av.daily("IBM")).symbol == "IBM"

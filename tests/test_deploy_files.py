@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from app.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -105,14 +107,14 @@ def test_dockerfile_exposes_8080_and_checks_health_with_python() -> None:
     assert f"127.0.0.1:{APP_PORT}/healthz" in " ".join(argv)
 
 
-def test_dockerfile_runs_one_uvicorn_worker_on_8080() -> None:
+def test_dockerfile_runs_the_one_worker_launcher_on_8080() -> None:
+    # `python -m app` runs a single uvicorn worker (several would mean several breakers,
+    # caches and metric registries) and applies the graceful-shutdown settings.
     cmd = runtime_cmd()
-    assert cmd[:2] == ["uvicorn", "app.main:app"]
+    assert cmd[:3] == ["python", "-m", "app"]
     assert cmd[cmd.index("--port") + 1] == APP_PORT
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"  # noqa: S104 (in its container)
-    if "--workers" in cmd:  # several workers: several breakers, caches and metric registries
-        assert cmd[cmd.index("--workers") + 1] == "1"
-    assert "--reload" not in cmd
+    assert "--simulator-port" not in cmd  # production never falls back to the simulator
 
 
 def test_dockerfile_copies_nothing_that_dockerignore_excludes() -> None:
@@ -328,11 +330,13 @@ def test_live_service_takes_the_key_from_the_environment(
     assert ":?" not in key
 
 
-def test_stop_grace_period_outlasts_uvicorn_graceful_shutdown(
+def test_stop_grace_period_outlasts_drain_and_graceful_shutdown(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    cmd = runtime_cmd()
-    graceful = int(cmd[cmd.index("--timeout-graceful-shutdown") + 1])
+    defaults = Settings.model_fields
+    drain = defaults["shutdown_drain_seconds"].default
+    grace = defaults["shutdown_grace_seconds"].default
+    graceful = drain + grace
     for name, service in services.items():
         if "build" in service and "command" not in service:
             period = service.get("stop_grace_period", "10s")
