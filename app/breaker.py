@@ -234,6 +234,15 @@ class CircuitBreaker:
         async with Guard(self):
             return await fn(*args, **kwargs)
 
+    def check(self) -> None:
+        """Raise CircuitOpenError if a call now would be rejected outright (OPEN before its
+        timeout), else do nothing. Admits nothing: it lets a caller skip the work it would
+        do before `call` when the answer is already known."""
+        if self._state is _OPEN:
+            now = self._clock()
+            if now < self._open_until:
+                raise self._rejected(now)
+
     def guard(self) -> Guard:
         """`async with breaker.guard(): ...` protects a block instead of a call."""
         return Guard(self)

@@ -12,7 +12,7 @@ import time
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.logs import request_id
+from app.logs import log_request, request_id
 from app.metrics import UNMATCHED_ROUTE, Metrics
 
 logger = logging.getLogger("app.access")
@@ -76,17 +76,13 @@ class RequestContextMiddleware:
             )
             method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
             self.metrics.observe_http(route, method, status or 500, seconds)
-            logger.log(
+            log_request(
                 logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
-                "%s %s %d",
                 method,
                 route,
+                scope["path"],
                 status or 500,
-                extra={
-                    "path": scope["path"],
-                    "status": status or 500,
-                    "duration_ms": round(seconds * 1000, 2),
-                },
+                round(seconds * 1000, 2),
             )
             request_id.reset(token)
 

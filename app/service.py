@@ -58,6 +58,7 @@ class StockService:
             return self._as(kind, hit.value), "cache"
         self._metrics.count_cache(function, "miss")
         try:
+            self._breaker.check()  # an open breaker answers before a flight is set up
             value = await self._flights.run(key, lambda: self._fetch(key, fetch))
         except (UpstreamFailure, CircuitOpenError) as exc:
             if hit is None:

@@ -255,6 +255,24 @@ async def test_open_rejects_without_awaiting_and_reports_time_left(clock: FakeCl
     assert len(recorder.rejections) == 1
 
 
+async def test_check_raises_only_when_a_call_would_be_rejected_outright(
+    clock: FakeClock,
+) -> None:
+    recorder = Recorder()
+    breaker = make(clock, recorder)
+    breaker.check()
+    await trip(breaker)
+    clock.advance(10)
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.check()
+    assert info.value.retry_after == pytest.approx(20)
+    assert len(recorder.rejections) == 1
+    clock.advance(20)
+    breaker.check()  # a probe would be admitted now: check admits nothing itself
+    assert breaker.snapshot().state is State.HALF_OPEN
+    assert breaker._probes == 0
+
+
 async def test_every_rejection_is_a_fresh_exception(clock: FakeClock) -> None:
     breaker = make(clock)
     await trip(breaker)

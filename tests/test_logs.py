@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from app.logs import JsonFormatter, configure_logging, request_id
+from app.logs import JsonFormatter, configure_logging, log_request, request_id
 
 
 def record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -69,3 +69,40 @@ def test_httpx_stays_quiet_even_at_debug(capsys: pytest.CaptureFixture[str]) -> 
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_access_lines_built_directly_match_what_the_formatter_would_write(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    token = request_id.set("req-9")
+    try:
+        configure_logging("INFO", secrets=["SECRET123"])
+        log_request(logging.INFO, "GET", "/stock/{symbol}", '/stock/a"b', 200, 1.25)
+        log_request(logging.INFO, "GET", "/stock/{symbol}", "/x?apikey=SECRET123", 404, 0.5)
+        log_request(logging.DEBUG, "GET", "/healthz", "/healthz", 200, 0.1)  # below INFO
+        fast = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    finally:
+        request_id.reset(token)
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+    formatter = JsonFormatter()
+    token = request_id.set("req-9")
+    try:
+        slow = json.loads(
+            formatter.format(
+                record("%s %s %d", "GET", "/stock/{symbol}", 200, path='/stock/a"b', status=200)
+            )
+        )
+    finally:
+        request_id.reset(token)
+    assert len(fast) == 2
+    assert set(fast[0]) == {*slow, "duration_ms"}
+    assert {key: fast[0][key] for key in slow if key != "ts"} == {
+        **{key: value for key, value in slow.items() if key != "ts"},
+        "logger": "app.access",
+    }
+    assert fast[0]["duration_ms"] == 1.25
+    assert fast[1]["path"] == "/x?apikey=***"
