@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run test lint typecheck rules-check compose-config bench-breaker stress-test clean
+.PHONY: install tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -35,6 +35,11 @@ run: $(STAMP)
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest
+
+# Real servers on 127.0.0.1: the fault matrix, graceful shutdown, Prometheus end to end.
+# (`make test` runs these too.)
+test-integration: $(STAMP) tools
+	$(BIN)/python -m pytest -m integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

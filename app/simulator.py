@@ -11,8 +11,9 @@ Symbols are upper-cased; every well-formed symbol is known, except that "ZZ..." 
 unknown to the simulator: they get Alpha Vantage's unknown-symbol answers.
 
 Faults are switched at run time with `POST /_faults {"mode": ..., "delay_seconds": ...}` (see
-`FaultMode`); `GET /_stats` counts the /query calls received per function, faulty ones
-included, and `POST /_stats/reset` zeroes the counters. All state lives on the app instance.
+`FaultMode`; setting a mode restarts `flapping` at a good answer); `GET /_stats` counts the
+/query calls received per function, faulty ones included, and `POST /_stats/reset` zeroes the
+counters. All state lives on the app instance.
 """
 
 from __future__ import annotations
@@ -26,14 +27,20 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -57,7 +64,27 @@ FULL_OUTPUT_INFO = (
     "for the TIME_SERIES_DAILY endpoint. You may subscribe to any of the premium plans at "
     "https://www.alphavantage.co/premium/ to instantly unlock all premium features"
 )
+BURST_LIMIT_INFO = (
+    "Thank you for using Alpha Vantage! Please consider spreading out your free API requests more "
+    "sparingly (1 request per second). You may subscribe to any of the premium plans at "
+    "https://www.alphavantage.co/premium/ to lift the free key rate limit."
+)
+MINUTE_LIMIT_NOTE = (
+    "Thank you for using Alpha Vantage! Our standard API call frequency is 5 calls per minute and "
+    "500 calls per day. Please visit https://www.alphavantage.co/premium/ if you would like to "
+    "target a higher API call frequency."
+)
+DEMO_KEY_INFO = (
+    "The demo API key is for demo purposes only. Please claim your free API key at "
+    "(https://www.alphavantage.co/support/#api-key) to explore our full API offerings. It takes "
+    "fewer than 20 seconds."
+)
 OUTAGE_PAGE = "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+# What a captive portal or a misconfigured proxy answers with status 200.
+MAINTENANCE_PAGE = "<html><body><h1>Down for maintenance</h1><p>Back soon.</p></body></html>"
+HTTP_429_RETRY_AFTER = "30"
+OVERSIZED_PADDING_BYTES = 6_000_000
+_PADDING_CHUNK = b"x" * 65_536
 
 
 class FaultMode(enum.StrEnum):
@@ -70,6 +97,14 @@ class FaultMode(enum.StrEnum):
     DROP = "drop"  # connection aborted mid-body
     INVALID_KEY = "invalid_key"  # the apikey Error Message
     PREMIUM = "premium"  # the premium-endpoint Information message
+    HTTP_429 = "http_429"  # 429 with a plain-text body and Retry-After (a proxy's throttle)
+    BURST_LIMITED = "burst_limited"  # the one-request-per-second Information message
+    MINUTE_LIMITED = "minute_limited"  # the old five-calls-per-minute Note
+    PREMIUM_FULL = "premium_full"  # the outputsize=full premium Information message
+    DEMO_KEY = "demo_key"  # the demo-key Information message
+    HTML = "html"  # 200 with an HTML page
+    OVERSIZED = "oversized"  # 200, a valid answer padded past 6 MB, streamed (no content-length)
+    FLAPPING = "flapping"  # per /query call: a normal answer, then http_500, then normal, ...
 
 
 _MODE_NAMES = tuple(mode.value for mode in FaultMode)
@@ -80,6 +115,7 @@ class SimulatorState:
     mode: FaultMode = FaultMode.HEALTHY
     delay_seconds: float = DEFAULT_DELAY_SECONDS
     calls: Counter[str] = field(default_factory=Counter)
+    flapping_calls: int = 0  # /query calls answered in FLAPPING mode since it was set
 
 
 class SimulatedDropError(Exception):
@@ -98,6 +134,46 @@ class _DroppedResponse(Response):
         partial = self.body[: len(self.body) // 2]
         await send({"type": "http.response.body", "body": partial, "more_body": True})
         raise SimulatedDropError("connection dropped by the Alpha Vantage simulator")
+
+
+def _daily_limit(params: Mapping[str, str]) -> Response:
+    info = (
+        f"We have detected your API key as {params.get('apikey', '')} and our standard API rate "
+        "limit is 25 requests per day. Please subscribe to any of the premium plans at "
+        "https://www.alphavantage.co/premium/ to instantly remove all daily rate limits."
+    )
+    return JSONResponse({"Information": info})
+
+
+# Modes whose answer does not depend on the data asked for.
+FIXED_ANSWERS: dict[FaultMode, Callable[[Mapping[str, str]], Response]] = {
+    FaultMode.DOWN: lambda _: HTMLResponse(OUTAGE_PAGE, status_code=503),
+    FaultMode.HTTP_500: lambda _: PlainTextResponse("Internal Server Error", status_code=500),
+    FaultMode.HTTP_429: lambda _: PlainTextResponse(
+        "Too Many Requests", status_code=429, headers={"Retry-After": HTTP_429_RETRY_AFTER}
+    ),
+    FaultMode.RATE_LIMITED: _daily_limit,
+    FaultMode.BURST_LIMITED: lambda _: JSONResponse({"Information": BURST_LIMIT_INFO}),
+    FaultMode.MINUTE_LIMITED: lambda _: JSONResponse({"Note": MINUTE_LIMIT_NOTE}),
+    FaultMode.INVALID_KEY: lambda _: JSONResponse({"Error Message": APIKEY_ERROR}),
+    FaultMode.PREMIUM: lambda _: JSONResponse({"Information": PREMIUM_INFO}),
+    FaultMode.PREMIUM_FULL: lambda _: JSONResponse({"Information": FULL_OUTPUT_INFO}),
+    FaultMode.DEMO_KEY: lambda _: JSONResponse({"Information": DEMO_KEY_INFO}),
+    FaultMode.HTML: lambda _: HTMLResponse(MAINTENANCE_PAGE),
+}
+
+
+def _oversized(document: bytes) -> StreamingResponse:
+    """`document` (a JSON object) with a "Padding" string of OVERSIZED_PADDING_BYTES added, sent
+    in chunks without a content-length, so only counting what arrives can catch it."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield document.removesuffix(b"}") + b',"Padding":"'
+        for start in range(0, OVERSIZED_PADDING_BYTES, len(_PADDING_CHUNK)):
+            yield _PADDING_CHUNK[: OVERSIZED_PADDING_BYTES - start]
+        yield b'"}'
+
+    return StreamingResponse(chunks(), media_type="application/json")
 
 
 def _utc_today() -> dt.date:
@@ -202,22 +278,12 @@ def create_simulator(*, today: Callable[[], dt.date] = _utc_today) -> Starlette:
         params = request.query_params
         sim.calls[params.get("function") or "(missing)"] += 1
         mode = sim.mode
-        if mode is FaultMode.DOWN:
-            return HTMLResponse(OUTAGE_PAGE, status_code=503)
-        if mode is FaultMode.HTTP_500:
-            return PlainTextResponse("Internal Server Error", status_code=500)
-        if mode is FaultMode.RATE_LIMITED:
-            key = params.get("apikey", "")
-            info = (
-                f"We have detected your API key as {key} and our standard API rate limit is 25 "
-                "requests per day. Please subscribe to any of the premium plans at "
-                "https://www.alphavantage.co/premium/ to instantly remove all daily rate limits."
-            )
-            return JSONResponse({"Information": info})
-        if mode is FaultMode.INVALID_KEY:
-            return JSONResponse({"Error Message": APIKEY_ERROR})
-        if mode is FaultMode.PREMIUM:
-            return JSONResponse({"Information": PREMIUM_INFO})
+        if mode is FaultMode.FLAPPING:
+            sim.flapping_calls += 1
+            mode = FaultMode.HEALTHY if sim.flapping_calls % 2 else FaultMode.HTTP_500
+        fixed = FIXED_ANSWERS.get(mode)
+        if fixed is not None:
+            return fixed(params)
         if mode is FaultMode.SLOW:
             await asyncio.sleep(sim.delay_seconds)
         answer = JSONResponse(_answer(params, today()))
@@ -227,6 +293,8 @@ def create_simulator(*, today: Callable[[], dt.date] = _utc_today) -> Starlette:
             return Response(body, media_type="application/json")
         if mode is FaultMode.DROP:
             return _DroppedResponse(answer.body, media_type="application/json")
+        if mode is FaultMode.OVERSIZED:
+            return _oversized(bytes(answer.body))
         return answer
 
     def fault_state() -> JSONResponse:
@@ -250,6 +318,7 @@ def create_simulator(*, today: Callable[[], dt.date] = _utc_today) -> Starlette:
             detail = "delay_seconds must be a number of seconds from 0 to 3600"
             return JSONResponse({"detail": detail}, status_code=422)
         sim.mode, sim.delay_seconds = FaultMode(mode), float(delay)
+        sim.flapping_calls = 0
         return fault_state()
 
     async def stats(request: Request) -> Response:

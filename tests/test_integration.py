@@ -36,6 +36,8 @@ from tests.servers import (
     wait_until_port_closed,
 )
 
+pytestmark = pytest.mark.integration
+
 BREAKER_METRIC = 'stock_api_circuit_breaker_state{breaker="alphavantage"}'
 DAILY = "TIME_SERIES_DAILY"
 FAILURE_THRESHOLD = 5

@@ -35,6 +35,8 @@ from tests.servers import (
     wait_until_ready,
 )
 
+pytestmark = pytest.mark.integration
+
 T = TypeVar("T")
 
 JOB = "stock-service"

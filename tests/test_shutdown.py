@@ -12,6 +12,8 @@ import pytest
 
 from tests.servers import ServerPool, async_http_client
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[ServerPool]:

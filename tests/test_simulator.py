@@ -14,6 +14,8 @@ import httpx
 import pytest
 import uvicorn
 
+from app.alphavantage import classify_message
+from app.errors import RateLimited, UpstreamRefused
 from app.simulator import FaultMode, create_simulator
 
 SATURDAY = dt.date(2024, 6, 15)
@@ -312,3 +314,97 @@ async def test_stats_count_every_query_and_reset(client: httpx.AsyncClient) -> N
     assert reset.status_code == 200
     assert reset.json() == {"calls": {}, "total": 0}
     assert (await client.get("/_stats")).json() == {"calls": {}, "total": 0}
+
+
+async def test_http_429(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "http_429")
+    response = await client.get("/query", params=DAILY)
+    assert response.status_code == 429
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["retry-after"] == "30"
+    assert response.text == "Too Many Requests"
+
+
+@pytest.mark.parametrize(
+    ("mode", "key", "words"),
+    [
+        ("burst_limited", "Information", "more sparingly (1 request per second)"),
+        ("minute_limited", "Note", "5 calls per minute and 500 calls per day"),
+        ("premium_full", "Information", "outputsize=full parameter value is a premium feature"),
+        ("demo_key", "Information", "The demo API key is for demo purposes only."),
+    ],
+)
+async def test_message_modes(client: httpx.AsyncClient, mode: str, key: str, words: str) -> None:
+    await set_fault(client, mode)
+    for params in (DAILY, QUOTE):
+        body = await get_json(client, **params)
+        assert list(body) == [key]
+        assert words in body[key]
+
+
+async def test_premium_full_is_the_outputsize_full_answer(client: httpx.AsyncClient) -> None:
+    full = await get_json(client, **(DAILY | {"outputsize": "full"}))
+    await set_fault(client, "premium_full")
+    assert await get_json(client, **DAILY) == full
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "retry_after"),
+    [
+        (FaultMode.RATE_LIMITED, RateLimited, 3600),
+        (FaultMode.BURST_LIMITED, RateLimited, 1),
+        (FaultMode.MINUTE_LIMITED, RateLimited, 60),
+        (FaultMode.INVALID_KEY, UpstreamRefused, None),
+        (FaultMode.PREMIUM, UpstreamRefused, None),
+        (FaultMode.PREMIUM_FULL, UpstreamRefused, None),
+        (FaultMode.DEMO_KEY, UpstreamRefused, None),
+    ],
+)
+async def test_messages_are_the_ones_the_client_recognises(
+    client: httpx.AsyncClient, mode: FaultMode, error: type[Exception], retry_after: int | None
+) -> None:
+    await set_fault(client, mode.value)
+    body = await get_json(client, **DAILY)
+    classified = classify_message("TIME_SERIES_DAILY", body)
+    assert type(classified) is error
+    if isinstance(classified, RateLimited):
+        assert classified.retry_after == retry_after
+
+
+async def test_html(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "html")
+    response = await client.get("/query", params=DAILY)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.text.startswith("<html>")
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
+
+
+@pytest.mark.parametrize("params", [DAILY, QUOTE], ids=["daily", "quote"])
+async def test_oversized(client: httpx.AsyncClient, params: dict[str, str]) -> None:
+    healthy = await get_json(client, **params)
+    await set_fault(client, "oversized")
+    response = await client.get("/query", params=params)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert "content-length" not in response.headers  # streamed: only counting can catch it
+    assert 6_000_000 < len(response.content) < 6_100_000
+    body = response.json()
+    assert body.pop("Padding") == "x" * 6_000_000
+    assert body == healthy
+
+
+async def test_flapping_alternates_and_restarts_when_set(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "flapping")
+    statuses = [(await client.get("/query", params=DAILY)).status_code for _ in range(5)]
+    assert statuses == [200, 500, 200, 500, 200]
+    await set_fault(client, "flapping")  # setting the mode again restarts with a good answer
+    first = await client.get("/query", params=QUOTE)
+    assert first.status_code == 200
+    assert first.json()["Global Quote"]["01. symbol"] == "IBM"
+    second = await client.get("/query", params=QUOTE)
+    assert second.status_code == 500
+    assert second.text == "Internal Server Error"
+    stats = (await client.get("/_stats")).json()
+    assert stats["calls"] == {"TIME_SERIES_DAILY": 5, "GLOBAL_QUOTE": 2}
