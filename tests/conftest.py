@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,6 +11,7 @@ from starlette.applications import Starlette
 from app.main import create_app
 from app.settings import Settings
 from app.simulator import create_simulator
+from tests.servers import ServerPool
 
 
 class FakeClock:
@@ -75,3 +77,13 @@ async def faults(simulator: Starlette) -> AsyncIterator[httpx.AsyncClient]:
         transport=httpx.ASGITransport(app=simulator), base_url="http://simulator"
     ) as c:
         yield c
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[ServerPool]:
+    """Real servers on 127.0.0.1 (tests/servers.py), all stopped when the test ends."""
+    pool = ServerPool(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close()

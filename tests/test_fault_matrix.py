@@ -16,18 +16,24 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.simulator import FaultMode
-from tests.servers import ServerPool, ServerProcess, async_http_client, free_port
+from tests.servers import (
+    ServerPool,
+    SimulatorControl,
+    Stack,
+    StartStack,
+    async_http_client,
+    connect,
+    free_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -74,16 +80,6 @@ def symbol(prefix: str) -> str:
 # -- servers --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Stack:
-    simulator: ServerProcess
-    service: ServerProcess
-
-
-class StartStack(Protocol):
-    def __call__(self, **settings: str) -> Stack: ...
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One simulator and one service with BASE_SETTINGS, for the cases that need nothing else."""
@@ -91,15 +87,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         simulator = pool.start_simulator()
         yield Stack(simulator, pool.start_service(simulator, BASE_SETTINGS))
-    finally:
-        pool.close()
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[ServerPool]:
-    pool = ServerPool(tmp_path)
-    try:
-        yield pool
     finally:
         pool.close()
 
@@ -113,37 +100,6 @@ def start_stack(servers: ServerPool) -> StartStack:
         return Stack(simulator, servers.start_service(simulator, BASE_SETTINGS | settings))
 
     return start
-
-
-class Simulator:
-    """The simulator's controls: faults and call counters."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
-
-    async def set_fault(self, mode: FaultMode, delay_seconds: float = 2.0) -> None:
-        payload = {"mode": mode.value, "delay_seconds": delay_seconds}
-        response = await self._client.post("/_faults", json=payload)
-        assert response.status_code == 200, response.text
-
-    async def reset_stats(self) -> None:
-        response = await self._client.post("/_stats/reset")
-        assert response.status_code == 200, response.text
-
-    async def calls(self) -> dict[str, int]:
-        response = await self._client.get("/_stats")
-        assert response.status_code == 200, response.text
-        calls: dict[str, int] = response.json()["calls"]
-        return calls
-
-
-@asynccontextmanager
-async def connect(stack: Stack) -> AsyncIterator[tuple[httpx.AsyncClient, Simulator]]:
-    async with (
-        async_http_client(stack.service.url) as api,
-        async_http_client(stack.simulator.url) as sim,
-    ):
-        yield api, Simulator(sim)
 
 
 # -- reading the service ----------------------------------------------------------------------
@@ -236,7 +192,7 @@ async def wait_for_state(api: httpx.AsyncClient, state: str, within: float = 3.0
         await asyncio.sleep(0.05)
 
 
-async def wait_for_calls(sim: Simulator, expected: dict[str, int], within: float) -> None:
+async def wait_for_calls(sim: SimulatorControl, expected: dict[str, int], within: float) -> None:
     """Poll the simulator's counters until they read `expected`."""
     deadline = time.monotonic() + within
     while (calls := await sim.calls()) != expected:
@@ -265,7 +221,7 @@ async def timed_get(api: httpx.AsyncClient, path: str) -> Timed:
     return Timed(response, time.perf_counter() - started)
 
 
-async def trip(api: httpx.AsyncClient, sim: Simulator) -> None:
+async def trip(api: httpx.AsyncClient, sim: SimulatorControl) -> None:
     """FAILURE_THRESHOLD consecutive 502s from the `down` simulator: the breaker opens."""
     await sim.set_fault(FaultMode.DOWN)
     for _ in range(FAILURE_THRESHOLD):

@@ -15,11 +15,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import pytest
@@ -28,8 +27,10 @@ from app.simulator import FaultMode
 from tests.servers import (
     ROOT,
     ServerPool,
-    ServerProcess,
-    async_http_client,
+    SimulatorControl,
+    Stack,
+    StartStack,
+    connect,
     free_port,
     http_client,
     server_environment,
@@ -65,25 +66,6 @@ LONG_BREAKER_TIMEOUT = {"BREAKER_TIMEOUT_SECONDS": "30"}
 # -- servers and clients --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Stack:
-    simulator: ServerProcess
-    service: ServerProcess
-
-
-class StartStack(Protocol):
-    def __call__(self, **settings: str) -> Stack: ...
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[ServerPool]:
-    pool = ServerPool(tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
 @pytest.fixture
 def start_stack(servers: ServerPool) -> StartStack:
     """Starts the simulator, then the service against it with BASE_SETTINGS | settings."""
@@ -94,38 +76,6 @@ def start_stack(servers: ServerPool) -> StartStack:
         return Stack(simulator, service)
 
     return start
-
-
-class SimulatorControl:
-    """Switches the simulator's faults and reads its call counters."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
-
-    async def set_fault(self, mode: FaultMode, delay_seconds: float = 2.0) -> None:
-        payload = {"mode": mode.value, "delay_seconds": delay_seconds}
-        response = await self._client.post("/_faults", json=payload)
-        assert response.status_code == 200, response.text
-
-    async def reset_stats(self) -> None:
-        response = await self._client.post("/_stats/reset")
-        assert response.status_code == 200, response.text
-
-    async def calls(self) -> dict[str, int]:
-        response = await self._client.get("/_stats")
-        assert response.status_code == 200, response.text
-        calls: dict[str, int] = response.json()["calls"]
-        return calls
-
-
-@asynccontextmanager
-async def connect(stack: Stack) -> AsyncIterator[tuple[httpx.AsyncClient, SimulatorControl]]:
-    """A client of the service and a control of the simulator, both closed on exit."""
-    async with (
-        async_http_client(stack.service.url) as api,
-        async_http_client(stack.simulator.url) as sim,
-    ):
-        yield api, SimulatorControl(sim)
 
 
 # -- helpers --------------------------------------------------------------------------------

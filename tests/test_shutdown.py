@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -13,15 +11,6 @@ import pytest
 from tests.servers import ServerPool, async_http_client
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[ServerPool]:
-    pool = ServerPool(tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 async def test_sigterm_turns_readyz_503_and_lets_in_flight_requests_finish(
