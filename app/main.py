@@ -156,7 +156,7 @@ def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metric
         max_entries=settings.cache_max_entries,
     )
     service = StockService(client, breaker, cache, metrics)
-    renderer = Renderer(max_entries=settings.cache_max_entries)
+    renderer = Renderer()
     return Resources(settings, http, breaker, metrics, service, renderer)
 
 

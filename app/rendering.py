@@ -13,8 +13,13 @@ from collections.abc import Callable, Hashable
 from app.models import DailyPrices, DailySeries, Quote, QuoteAnswer, Source
 
 
+# Enough for every hot answer. Each entry keeps its value alive, so the bound also caps what
+# the memo holds beyond the cache.
+RENDERED_ANSWERS = 1024
+
+
 class Renderer:
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int = RENDERED_ANSWERS) -> None:
         self._max_entries = max_entries
         self._rendered: OrderedDict[Hashable, tuple[object, bytes]] = OrderedDict()
 
@@ -27,7 +32,7 @@ class Renderer:
                 last_refreshed=series.last_refreshed,
                 time_zone=series.time_zone,
                 source=source,
-                prices=series.prices[:days],
+                prices=[bar._asdict() for bar in series.prices[:days]],
             ).model_dump_json(),
         )
 

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from app.models import Bar, DailySeries, Quote
+from app.rendering import Renderer
+
+
+def series(close: float) -> DailySeries:
+    bars = tuple(
+        Bar(dt.date(2026, 11, 26) - dt.timedelta(days=i), 1.0, 2.0, 0.5, close, 100 + i)
+        for i in range(5)
+    )
+    return DailySeries(
+        symbol="IBM", last_refreshed="2026-11-26", time_zone="US/Eastern", prices=bars
+    )
+
+
+def test_daily_answer_has_the_contract_shape() -> None:
+    body = json.loads(Renderer().daily(series(1.5), 2, "cache"))
+    assert body == {
+        "symbol": "IBM",
+        "last_refreshed": "2026-11-26",
+        "time_zone": "US/Eastern",
+        "source": "cache",
+        "prices": [
+            {
+                "date": "2026-11-26",
+                "open": 1.0,
+                "high": 2.0,
+                "low": 0.5,
+                "close": 1.5,
+                "volume": 100,
+            },
+            {
+                "date": "2026-11-25",
+                "open": 1.0,
+                "high": 2.0,
+                "low": 0.5,
+                "close": 1.5,
+                "volume": 101,
+            },
+        ],
+    }
+
+
+def test_the_same_value_is_rendered_once() -> None:
+    renderer = Renderer()
+    value = series(1.5)
+    first = renderer.daily(value, 3, "cache")
+    assert renderer.daily(value, 3, "cache") is first
+    assert renderer.daily(value, 3, "stale") is not first
+
+
+def test_a_refreshed_value_is_rendered_anew() -> None:
+    renderer = Renderer()
+    old = renderer.daily(series(1.5), 3, "cache")
+    new = renderer.daily(series(9.5), 3, "cache")
+    assert json.loads(old)["prices"][0]["close"] == 1.5
+    assert json.loads(new)["prices"][0]["close"] == 9.5
+
+
+def test_the_memo_is_bounded() -> None:
+    renderer = Renderer(max_entries=3)
+    value = series(1.5)
+    for days in range(1, 6):
+        renderer.daily(value, days, "cache")
+    assert len(renderer._rendered) == 3
+
+
+def test_quote_answer_carries_its_source() -> None:
+    quote = Quote(
+        symbol="MSFT",
+        price=1.0,
+        open=1.0,
+        high=1.0,
+        low=1.0,
+        volume=1,
+        latest_trading_day=dt.date(2026, 11, 26),
+        previous_close=1.0,
+        change=0.0,
+        change_percent=0.0,
+    )
+    body = json.loads(Renderer().quote(quote, "stale"))
+    assert body["source"] == "stale"
+    assert body["change_percent"] == 0.0
+    assert body["latest_trading_day"] == "2026-11-26"
