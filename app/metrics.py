@@ -114,8 +114,10 @@ class Metrics(Listener):
             self.http_duration.labels(route, "GET")
 
     def watch(self, breaker: CircuitBreaker) -> None:
-        """Export `breaker`'s state and initialise its series."""
-        self._states.breakers.append(breaker)
+        """Export `breaker`'s state and initialise its series. A breaker of the same name
+        (from an earlier run of the same app's lifespan) is replaced, not duplicated."""
+        others = [b for b in self._states.breakers if b.name != breaker.name]
+        self._states.breakers = [*others, breaker]
         self._rejected_children[breaker.name] = self.rejected_calls.labels(breaker.name)
         for old in State:
             for new in State:

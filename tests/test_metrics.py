@@ -6,6 +6,9 @@ import shutil
 import subprocess
 
 import httpx
+from fastapi import FastAPI
+
+STATE_SERIES = "stock_api_circuit_breaker_state"
 
 
 def promtool_check_metrics(exposition: bytes) -> subprocess.CompletedProcess[bytes]:
@@ -37,3 +40,17 @@ async def test_exposition_passes_promtool_check_metrics(
 async def test_promtool_does_catch_a_broken_exposition() -> None:
     result = promtool_check_metrics(b"# TYPE broken counter\nbroken{a=} 1\n")
     assert result.returncode != 0
+
+
+async def test_a_second_lifespan_of_the_same_app_exports_one_state_series(
+    app: FastAPI,
+) -> None:
+    for _ in range(2):
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+        ):
+            exposition = (await c.get("/metrics")).text
+    states = [line for line in exposition.splitlines() if line.startswith(STATE_SERIES + "{")]
+    assert states == [f'{STATE_SERIES}{{breaker="alphavantage"}} 0.0']
+    assert promtool_check_metrics(exposition.encode()).returncode == 0
