@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test clean
+.PHONY: install tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -68,6 +68,19 @@ stress-test: $(STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
 		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
 	$(BIN)/python bench/stress.py
+
+# 10,000 requests in flight at once against one service process: about a minute, then a table.
+bench-concurrency: $(STAMP)
+	$(BIN)/python bench/concurrency.py
+
+# 1,000,000 mixed requests through wrk, the service's RSS after each 100,000: about 15 minutes.
+soak: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
+		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
+	$(BIN)/python bench/soak.py
+
+bench-breaker-memory: $(STAMP)
+	$(BIN)/python bench/breaker_memory.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -122,12 +122,18 @@ class AlphaVantageClient:
         base_url: str,
         timeout: float,
         max_body_bytes: int = 5_000_000,
+        max_concurrency: int = 100,
     ) -> None:
         self._http = http
         self._api_key = api_key
         self._base_url = base_url
         self._timeout = timeout
         self._max_body_bytes = max_body_bytes
+        # Callers beyond the connection pool's size wait here, never inside httpcore's pool:
+        # its bookkeeping costs time in proportion to its queue on every request
+        # (encode/httpcore#1035), and a request cancelled while queued there can leave a
+        # slot taken for good (encode/httpcore#1093). Keep it at most the pool's size.
+        self._slots = asyncio.Semaphore(max_concurrency)
 
     async def daily(self, symbol: str) -> DailySeries:
         """The latest 100 trading days (outputsize=compact: `full` is premium)."""
@@ -141,7 +147,7 @@ class AlphaVantageClient:
         params = {"function": function, "symbol": symbol, **extra}
         params["apikey"] = self._api_key.get_secret_value()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout), self._slots:
                 body = await self._read(params)
         except (TimeoutError, httpx.TimeoutException):
             raise UpstreamTimeout(

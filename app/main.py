@@ -37,6 +37,7 @@ from app.settings import ConfigError, Settings, load_settings
 logger = logging.getLogger(__name__)
 
 BREAKER_NAME = "alphavantage"
+UPSTREAM_CONNECTIONS = 100  # httpx's pool size, and the client's bound on calls in flight
 SYMBOL_RULE = "must be 1 to 20 letters or digits, in groups joined by single '.' or '-'"
 ROUTES = ("/stock/{symbol}", "/stock/{symbol}/quote", "/circuit-breaker", "/metrics")
 
@@ -68,7 +69,10 @@ def create_app(
             headers={"User-Agent": "stock-service"},
             # Keep every connection the pool may open: under a burst of misses httpx's default
             # (20 kept of 100) would close and reopen connections to the same host.
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+            limits=httpx.Limits(
+                max_connections=UPSTREAM_CONNECTIONS,
+                max_keepalive_connections=UPSTREAM_CONNECTIONS,
+            ),
             transport=upstream_transport,
         ) as http:
             app.state.resources = build_resources(resolved, http, metrics)
@@ -149,6 +153,7 @@ def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metric
         base_url=settings.alphavantage_base_url,
         timeout=settings.upstream_timeout_seconds,
         max_body_bytes=settings.upstream_max_body_bytes,
+        max_concurrency=UPSTREAM_CONNECTIONS,
     )
     cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
         ttl=settings.cache_ttl_seconds,

@@ -360,3 +360,23 @@ async def test_a_streamed_body_is_cut_off_at_the_limit() -> None:
 async def test_an_ordinary_body_is_read_whole(av: AlphaVantageClient) -> None:
     respx.get(URL).mock(return_value=answer(DAILY))
     assert (await av.daily("IBM")).symbol == "IBM"
+
+
+async def test_calls_beyond_max_concurrency_wait_outside_the_pool() -> None:
+    in_flight = peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return answer(DAILY)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        client = AlphaVantageClient(
+            http, api_key=SecretStr(KEY), base_url=URL, timeout=5, max_concurrency=2
+        )
+        results = await asyncio.gather(*(client.daily("IBM") for _ in range(10)))
+    assert len(results) == 10
+    assert peak == 2
