@@ -12,7 +12,6 @@ from collections.abc import Callable, Hashable
 
 from app.models import DailyPrices, DailySeries, Quote, QuoteAnswer, Source
 
-
 # Enough for every hot answer. Each entry keeps its value alive, so the bound also caps what
 # the memo holds beyond the cache.
 RENDERED_ANSWERS = 1024
