@@ -45,9 +45,18 @@ import uvloop
 # `python bench/concurrency.py` puts bench/ first on the path, not the project's root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.stress import HOST, LOAD_CPU, ROOT, SERVER_CPU, Server, serve
+from bench.stress import (
+    ADMIN_TOKEN,
+    HOST,
+    LOAD_CPU,
+    ROOT,
+    SERVER_CPU,
+    Server,
+    serve,
+    serve_simulator,
+    service_env,
+)
 
-ADMIN_TOKEN = "concurrency-admin"
 DAYS = 5
 DAILY_FIELDS = frozenset({"symbol", "last_refreshed", "time_zone", "source", "prices"})
 PRICE_FIELDS = frozenset({"date", "open", "high", "low", "close", "volume"})
@@ -327,15 +336,6 @@ def fresh_miss(service: Server, simulator: Server) -> str:
     return f"then a fresh miss: {status.status_code} in {time.perf_counter() - started:.2f} s"
 
 
-def service_env(simulator: Server, **extra: str) -> dict[str, str]:
-    return {
-        "ALPHAVANTAGE_API_KEY": "concurrency-key",
-        "ALPHAVANTAGE_BASE_URL": simulator.url + "/query",
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        **extra,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=10_000, help="in flight at once")
@@ -366,13 +366,7 @@ def main() -> None:
     results: list[PhaseResult] = []
     started = time.monotonic()
 
-    with serve(
-        ["-m", "app.simulator", "--host", HOST, "--port", "{port}"],
-        {},
-        logs / "simulator.log",
-        "/_faults",
-        LOAD_CPU,
-    ) as simulator:
+    with serve_simulator(logs) as simulator:
         with serve(uvicorn, service_env(simulator), logs / "service-a.log", "/healthz") as svc:
             for phase, symbols in (("A1", UPSTREAM_POOL), ("A2", options.symbols)):
                 set_faults(simulator, "slow", options.delay)

@@ -27,9 +27,19 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.concurrency import proc_status_kib
-from bench.stress import HOST, LOAD_CPU, ROOT, SERVER_CPU, Server, serve, to_ms
+from bench.stress import (
+    ADMIN_TOKEN,
+    HOST,
+    LOAD_CPU,
+    ROOT,
+    SERVER_CPU,
+    Server,
+    serve,
+    serve_simulator,
+    service_env,
+    to_ms,
+)
 
-ADMIN_TOKEN = "soak-admin"
 CONNECTIONS = 64
 ROUND_CAP_SECONDS = 600  # a round that has not reached its quota by then stops anyway
 MISS_SHARE = 0.25  # of requests, as in soak.lua
@@ -127,34 +137,25 @@ def main() -> None:
     uvicorn = ["-m", "uvicorn", "app.main:app", "--host", HOST, "--port", "{port}"]
     uvicorn += ["--no-access-log"]
     results: list[Round] = []
-    with serve(
-        ["-m", "app.simulator", "--host", HOST, "--port", "{port}"],
-        {},
-        logs / "simulator.log",
-        "/_faults",
-        LOAD_CPU,
-    ) as simulator:
-        env = {
-            "ALPHAVANTAGE_API_KEY": "soak-key",
-            "ALPHAVANTAGE_BASE_URL": simulator.url + "/query",
-            "ADMIN_TOKEN": ADMIN_TOKEN,
-        }
-        with serve(uvicorn, env, logs / "service.log", "/healthz") as service:
-            start_rss = proc_status_kib(service.process.pid, "VmRSS")
-            done = 0
-            for number in range(rounds):
-                quota = min(per_round, total - done)
-                result = run_round(service, simulator, quota, int(done * MISS_SHARE))
-                results.append(result)
-                done += result.requests
-                remaining = (total - done) / max(result.requests / result.seconds, 1)
-                print(
-                    f"round {number + 1}/{rounds}: {result.requests:,} requests, "
-                    f"{result.requests / result.seconds:,.0f} req/s, RSS "
-                    f"{result.rss_kib / 1024:.0f} MiB; about {remaining / 60:.1f} min to go",
-                    flush=True,
-                )
-            peak = proc_status_kib(service.process.pid, "VmHWM")
+    with (
+        serve_simulator(logs) as simulator,
+        serve(uvicorn, service_env(simulator), logs / "service.log", "/healthz") as service,
+    ):
+        start_rss = proc_status_kib(service.process.pid, "VmRSS")
+        done = 0
+        for number in range(rounds):
+            quota = min(per_round, total - done)
+            result = run_round(service, simulator, quota, int(done * MISS_SHARE))
+            results.append(result)
+            done += result.requests
+            remaining = (total - done) / max(result.requests / result.seconds, 1)
+            print(
+                f"round {number + 1}/{rounds}: {result.requests:,} requests, "
+                f"{result.requests / result.seconds:,.0f} req/s, RSS "
+                f"{result.rss_kib / 1024:.0f} MiB; about {remaining / 60:.1f} min to go",
+                flush=True,
+            )
+        peak = proc_status_kib(service.process.pid, "VmHWM")
     print_table(results, start_rss, peak, logs)
 
 

@@ -27,7 +27,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-ADMIN_TOKEN = "stress-admin"
+ADMIN_TOKEN = "bench-admin"
 PATH = "/stock/IBM?days=30"
 
 # On 2 cores, wrk's threads and the server would preempt each other and turn scheduling
@@ -90,6 +90,22 @@ def serve(
             process.wait()
 
 
+def serve_simulator(logs: Path) -> contextlib.AbstractContextManager[Server]:
+    """The Alpha Vantage simulator, on the load CPU (it is load, not the thing measured)."""
+    args = ["-m", "app.simulator", "--host", HOST, "--port", "{port}"]
+    return serve(args, {}, logs / "simulator.log", "/_faults", LOAD_CPU)
+
+
+def service_env(simulator: Server, **extra: str) -> dict[str, str]:
+    """The service's settings against `simulator`: defaults, admin endpoints on."""
+    return {
+        "ALPHAVANTAGE_API_KEY": "bench-key",
+        "ALPHAVANTAGE_BASE_URL": simulator.url + "/query",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        **extra,
+    }
+
+
 @dataclass
 class Result:
     name: str
@@ -142,67 +158,56 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="stress-"))
     results: list[Result] = []
 
-    with serve(
-        ["-m", "app.simulator", "--host", HOST, "--port", "{port}"],
-        {},
-        logs / "simulator.log",
-        "/_faults",
-        LOAD_CPU,
-    ) as simulator:
-        service_env = {
-            "ALPHAVANTAGE_API_KEY": "stress-key",
-            "ALPHAVANTAGE_BASE_URL": simulator.url + "/query",
-            "ADMIN_TOKEN": ADMIN_TOKEN,
-        }
+    with (
+        serve_simulator(logs) as simulator,
+        serve(
+            [*uvicorn, "app.main:app"], service_env(simulator), logs / "service.log", "/healthz"
+        ) as service,
+    ):
+        body = httpx.get(service.url + PATH).content
+        (logs / "body.json").write_bytes(body)
+        ceiling_env = {"STRESS_BODY_FILE": str(logs / "body.json"), "PYTHONPATH": str(ROOT)}
         with serve(
-            [*uvicorn, "app.main:app"], service_env, logs / "service.log", "/healthz"
-        ) as service:
-            body = httpx.get(service.url + PATH).content
-            (logs / "body.json").write_bytes(body)
-            ceiling_env = {"STRESS_BODY_FILE": str(logs / "body.json"), "PYTHONPATH": str(ROOT)}
-            with serve(
-                [*uvicorn, "--lifespan", "off", "bench.ceilings:raw"],
-                ceiling_env,
-                logs / "raw.log",
-                PATH,
-            ) as raw:
-                results.append(wrk("1a raw ASGI, same bytes", raw.url + PATH, seconds, connections))
-            with serve(
-                [*uvicorn, "bench.ceilings:bare"], ceiling_env, logs / "bare.log", PATH
-            ) as bare:
-                results.append(
-                    wrk("1b bare FastAPI + response model", bare.url + PATH, seconds, connections)
-                )
-
+            [*uvicorn, "--lifespan", "off", "bench.ceilings:raw"],
+            ceiling_env,
+            logs / "raw.log",
+            PATH,
+        ) as raw:
+            results.append(wrk("1a raw ASGI, same bytes", raw.url + PATH, seconds, connections))
+        with serve([*uvicorn, "bench.ceilings:bare"], ceiling_env, logs / "bare.log", PATH) as bare:
             results.append(
-                wrk("2 /stock/{symbol} from cache", service.url + PATH, seconds, connections)
+                wrk("1b bare FastAPI + response model", bare.url + PATH, seconds, connections)
             )
-            # A scrape renders every series (about 2 ms): 8 scrapers at once is already a crowd.
-            results.append(wrk("5 /metrics, 8 connections", service.url + "/metrics", seconds, 8))
 
-            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-            httpx.post(service.url + "/circuit-breaker/open", headers=admin).raise_for_status()
-            results.append(
-                wrk(
-                    "3 /stock/{symbol} breaker open (503)",
-                    service.url + "/stock/MSFT?days=30",
-                    seconds,
-                    connections,
-                )
-            )
-            httpx.post(service.url + "/circuit-breaker/reset", headers=admin).raise_for_status()
+        results.append(
+            wrk("2 /stock/{symbol} from cache", service.url + PATH, seconds, connections)
+        )
+        # A scrape renders every series (about 2 ms): 8 scrapers at once is already a crowd.
+        results.append(wrk("5 /metrics, 8 connections", service.url + "/metrics", seconds, 8))
 
-            cpu_before = service.cpu_seconds()
-            miss = wrk(
-                "4 /stock/{symbol} cache miss",
-                service.url,
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        httpx.post(service.url + "/circuit-breaker/open", headers=admin).raise_for_status()
+        results.append(
+            wrk(
+                "3 /stock/{symbol} breaker open (503)",
+                service.url + "/stock/MSFT?days=30",
                 seconds,
                 connections,
-                ROOT / "bench" / "misses.lua",
             )
-            cpu = service.cpu_seconds() - cpu_before
-            miss.note = f"service CPU {cpu / max(miss.requests, 1) * 1e3:.2f} ms/miss"
-            results.append(miss)
+        )
+        httpx.post(service.url + "/circuit-breaker/reset", headers=admin).raise_for_status()
+
+        cpu_before = service.cpu_seconds()
+        miss = wrk(
+            "4 /stock/{symbol} cache miss",
+            service.url,
+            seconds,
+            connections,
+            ROOT / "bench" / "misses.lua",
+        )
+        cpu = service.cpu_seconds() - cpu_before
+        miss.note = f"service CPU {cpu / max(miss.requests, 1) * 1e3:.2f} ms/miss"
+        results.append(miss)
 
     bare_rps = next(r.rps for r in results if r.name.startswith("1b"))
     print(
