@@ -57,13 +57,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or load_settings()
-        secrets = [
-            secret.get_secret_value()
-            for secret in (resolved.alphavantage_api_key, resolved.admin_token)
-            if secret is not None
-        ]
         if configure_logs:
-            configure_logging(resolved.log_level, secrets)
+            secrets = (resolved.alphavantage_api_key, resolved.admin_token)
+            configure_logging(
+                resolved.log_level,
+                [secret.get_secret_value() for secret in secrets if secret is not None],
+            )
         async with httpx.AsyncClient(
             timeout=resolved.upstream_timeout_seconds,
             headers={"User-Agent": "stock-service"},

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.logs import log_request, request_id
 from app.metrics import UNMATCHED_ROUTE, Metrics
 
-logger = logging.getLogger("app.access")
+logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A caller's request id is echoed only if it is short and plain; anything else is replaced.
