@@ -11,7 +11,8 @@ Symbols are upper-cased; every well-formed symbol is known, except that "ZZ..." 
 unknown to the simulator: they get Alpha Vantage's unknown-symbol answers.
 
 Faults are switched at run time with `POST /_faults {"mode": ..., "delay_seconds": ...}` (see
-`FaultMode`; setting a mode restarts `flapping` at a good answer); `GET /_stats` counts the
+`FaultMode`; setting a mode restarts `flapping` at a good answer); with `"function":
+"GLOBAL_QUOTE"` (or another function) only that function's calls see the fault. `GET /_stats` counts the
 /query calls received per function, faulty ones included, and `POST /_stats/reset` zeroes the
 counters. All state lives on the app instance.
 """
@@ -114,6 +115,7 @@ _MODE_NAMES = tuple(mode.value for mode in FaultMode)
 class SimulatorState:
     mode: FaultMode = FaultMode.HEALTHY
     delay_seconds: float = DEFAULT_DELAY_SECONDS
+    function: str | None = None  # the only function the fault applies to; None: every one
     calls: Counter[str] = field(default_factory=Counter)
     flapping_calls: int = 0  # /query calls answered in FLAPPING mode since it was set
 
@@ -276,8 +278,9 @@ def create_simulator(*, today: Callable[[], dt.date] = _utc_today) -> Starlette:
 
     async def query(request: Request) -> Response:
         params = request.query_params
-        sim.calls[params.get("function") or "(missing)"] += 1
-        mode = sim.mode
+        function = params.get("function") or "(missing)"
+        sim.calls[function] += 1
+        mode = sim.mode if sim.function in (None, function) else FaultMode.HEALTHY
         if mode is FaultMode.FLAPPING:
             sim.flapping_calls += 1
             mode = FaultMode.HEALTHY if sim.flapping_calls % 2 else FaultMode.HTTP_500
@@ -298,7 +301,9 @@ def create_simulator(*, today: Callable[[], dt.date] = _utc_today) -> Starlette:
         return answer
 
     def fault_state() -> JSONResponse:
-        return JSONResponse({"mode": sim.mode.value, "delay_seconds": sim.delay_seconds})
+        return JSONResponse(
+            {"mode": sim.mode.value, "delay_seconds": sim.delay_seconds, "function": sim.function}
+        )
 
     async def faults(request: Request) -> Response:
         if request.method == "GET":
@@ -317,7 +322,10 @@ def create_simulator(*, today: Callable[[], dt.date] = _utc_today) -> Starlette:
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 3600:
             detail = "delay_seconds must be a number of seconds from 0 to 3600"
             return JSONResponse({"detail": detail}, status_code=422)
-        sim.mode, sim.delay_seconds = FaultMode(mode), float(delay)
+        function = payload.get("function")
+        if function is not None and not isinstance(function, str):
+            return JSONResponse({"detail": "function must be a string"}, status_code=422)
+        sim.mode, sim.delay_seconds, sim.function = FaultMode(mode), float(delay), function
         sim.flapping_calls = 0
         return fault_state()
 

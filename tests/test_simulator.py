@@ -42,7 +42,7 @@ async def get_json(client: httpx.AsyncClient, **params: str) -> Any:
     return response.json()
 
 
-async def set_fault(client: httpx.AsyncClient, mode: str, **extra: float) -> httpx.Response:
+async def set_fault(client: httpx.AsyncClient, mode: str, **extra: object) -> httpx.Response:
     return await client.post("/_faults", json={"mode": mode, **extra})
 
 
@@ -185,24 +185,47 @@ async def test_outputsize_full_is_premium(client: httpx.AsyncClient) -> None:
 
 
 async def test_fault_state_defaults_and_changes(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/_faults")).json() == {"mode": "healthy", "delay_seconds": 2.0}
+    assert (await client.get("/_faults")).json() == {
+        "mode": "healthy",
+        "delay_seconds": 2.0,
+        "function": None,
+    }
     response = await set_fault(client, "slow", delay_seconds=0.5)
     assert response.status_code == 200
-    assert response.json() == {"mode": "slow", "delay_seconds": 0.5}
-    assert (await client.get("/_faults")).json() == {"mode": "slow", "delay_seconds": 0.5}
-    assert (await set_fault(client, "healthy")).json() == {"mode": "healthy", "delay_seconds": 2.0}
+    assert response.json() == {"mode": "slow", "delay_seconds": 0.5, "function": None}
+    assert (await client.get("/_faults")).json() == {
+        "mode": "slow",
+        "delay_seconds": 0.5,
+        "function": None,
+    }
+    assert (await set_fault(client, "healthy")).json() == {
+        "mode": "healthy",
+        "delay_seconds": 2.0,
+        "function": None,
+    }
 
 
 @pytest.mark.parametrize("mode", list(FaultMode))
 async def test_every_mode_can_be_set(client: httpx.AsyncClient, mode: FaultMode) -> None:
     response = await set_fault(client, mode.value)
     assert response.status_code == 200
-    assert (await client.get("/_faults")).json() == {"mode": mode.value, "delay_seconds": 2.0}
+    assert (await client.get("/_faults")).json() == {
+        "mode": mode.value,
+        "delay_seconds": 2.0,
+        "function": None,
+    }
 
 
 @pytest.mark.parametrize(
     "payload",
-    [{"mode": "exploded"}, {}, {"mode": ["down"]}, {"mode": "slow", "delay_seconds": -1}, []],
+    [
+        {"mode": "exploded"},
+        {},
+        {"mode": ["down"]},
+        {"mode": "slow", "delay_seconds": -1},
+        {"mode": "down", "function": 1},
+        [],
+    ],
 )
 async def test_bad_fault_request_is_422(client: httpx.AsyncClient, payload: object) -> None:
     response = await client.post("/_faults", json=payload)
@@ -215,6 +238,16 @@ async def test_fault_modes_are_per_instance(client: httpx.AsyncClient) -> None:
     await set_fault(client, "down")
     async with sim_client() as other:
         assert (await other.get("/query", params=QUOTE)).status_code == 200
+
+
+async def test_a_fault_can_target_one_function(client: httpx.AsyncClient) -> None:
+    response = await set_fault(client, "down", function="GLOBAL_QUOTE")
+    assert response.json()["function"] == "GLOBAL_QUOTE"
+    assert (await client.get("/query", params=QUOTE)).status_code == 503
+    daily = {"function": "TIME_SERIES_DAILY", "symbol": "IBM", "apikey": "k"}
+    assert (await client.get("/query", params=daily)).status_code == 200
+    await set_fault(client, "down")  # without a function: every function again
+    assert (await client.get("/query", params=daily)).status_code == 503
 
 
 async def test_down(client: httpx.AsyncClient) -> None:
