@@ -31,12 +31,13 @@ QUOTE = "GLOBAL_QUOTE"
 FUNCTIONS = (DAILY, QUOTE)
 
 MESSAGE_KEYS = ("Error Message", "Information", "Note")
-# (words that mark a throttle message, seconds a client should wait before trying again)
-# The old "Note" names both its per-minute and per-day limits; per minute was the usual cause.
+# (words that mark a throttle message, the period of the limit it names, seconds a client
+# should wait before trying again). The old "Note" names both its per-minute and per-day
+# limits; per minute was the usual cause.
 RATE_LIMIT_WORDS = (
-    (("per minute",), 60),
-    (("per day",), 3600),
-    (("per second", "sparingly", "rate limit", "call frequency"), 1),
+    (("per minute",), "minute", 60),
+    (("per day",), "day", 3600),
+    (("per second", "sparingly", "rate limit", "call frequency"), "second", 1),
 )
 
 
@@ -49,9 +50,11 @@ def classify_message(function: str, payload: dict[str, Any]) -> Exception:
         what = "an empty answer" if not payload else "an answer without the expected data"
         return BadUpstreamResponse(f"Alpha Vantage sent {what} for {function}")
     # Throttle messages also mention the key and premium plans: check them first.
-    for words, retry_after in RATE_LIMIT_WORDS:
+    for words, period, retry_after in RATE_LIMIT_WORDS:
         if any(word in text for word in words):
-            return RateLimited("Alpha Vantage rate limit reached", retry_after)
+            return RateLimited(
+                f"Alpha Vantage rate limit reached (per {period})", retry_after, period
+            )
     if "premium" in text:
         return UpstreamRefused(f"Alpha Vantage requires a premium plan for {function}")
     if "demo" in text:

@@ -2,6 +2,7 @@
 
     UpstreamError                 the base; `outcome` is the metric label for the failure
     ├── UnknownSymbol             Alpha Vantage does not know the symbol (neutral for the breaker)
+    ├── Throttled                 held back here, never sent: pacing, daily quota or bulkhead
     └── UpstreamFailure           counts as a failure for the breaker
         ├── RateLimited           a per-second, per-minute or per-day quota is spent
         ├── UpstreamRefused       the key is invalid, or the call needs a premium plan
@@ -9,7 +10,8 @@
         ├── UpstreamUnavailable   connection refused, reset or dropped
         └── UpstreamTimeout       no complete answer within the upstream timeout
 
-The HTTP layer maps them to 404, 503, 502, 502, 502 and 504.
+The HTTP layer maps them to 404, 503, 503, 502, 502, 502 and 504. Throttled and RateLimited
+carry `retry_after`, in whole seconds, for the Retry-After header.
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ class UnknownSymbol(UpstreamError):
     outcome = "unknown_symbol"
 
 
+class Throttled(UpstreamError):
+    """The service itself declined to call Alpha Vantage; `reason` is one of THROTTLE_REASONS."""
+
+    outcome = "throttled"
+
+    def __init__(self, detail: str, reason: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+THROTTLE_REASONS = ("pacing", "quota", "bulkhead")
+
+
 class UpstreamFailure(UpstreamError):
     outcome = "failure"
 
@@ -36,9 +52,10 @@ class UpstreamFailure(UpstreamError):
 class RateLimited(UpstreamFailure):
     outcome = "rate_limited"
 
-    def __init__(self, detail: str, retry_after: int) -> None:
+    def __init__(self, detail: str, retry_after: int, period: str) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+        self.period = period  # "second", "minute" or "day": which limit Alpha Vantage named
 
 
 class UpstreamRefused(UpstreamFailure):

@@ -1,0 +1,219 @@
+"""What the service allows itself to ask of Alpha Vantage: pacing, a daily quota, a bulkhead.
+
+A free key allows about one call a second and 25 a day, counted upstream per key and IP, and
+going over makes calls fail for the rest of the day. A breaker reacts after that damage; these
+limits keep the service under them instead. None of them queues without bound: a call that
+would wait longer than it may is refused at once with Throttled, which carries a Retry-After.
+
+Decisions use the injected monotonic clock; wall-clock times are only computed for display.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from app.errors import Throttled
+
+DAY = 86400.0
+
+
+def _seconds(value: float) -> int:
+    """Whole seconds for Retry-After, never 0: "retry now" would only be refused again."""
+    return max(1, math.ceil(value))
+
+
+class TokenBucket:
+    """`rate` calls a second on average and at most `burst` at once.
+
+    A caller may reserve a token that is not there yet (the bucket goes below zero) and waits
+    until it would have been: reservations keep their order, and the calls they allow start
+    no closer together than the rate permits.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        if not (math.isfinite(rate) and rate > 0) or burst < 1:
+            raise ValueError(f"need rate > 0 and burst >= 1, got {rate} and {burst}")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._updated = clock()
+
+    def tokens(self) -> float:
+        """Tokens available now; below zero when callers wait for tokens still to come."""
+        self._refill(self._clock())
+        return self._tokens
+
+    def reserve(self, max_wait: float) -> float:
+        """Take a token and return how long to wait before using it, or raise Throttled
+        (taking nothing) if that would be longer than `max_wait`."""
+        self._refill(self._clock())
+        wait = max(0.0, (1.0 - self._tokens) / self.rate)
+        if wait > max_wait:
+            raise Throttled(
+                f"calls to Alpha Vantage are paced at {self.rate:g} a second and the queue is full",
+                "pacing",
+                _seconds(wait - max_wait),
+            )
+        self._tokens -= 1.0
+        return wait
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStatus:
+    limit: int
+    used: int  # calls counted in the window
+    remaining: int  # 0 while Alpha Vantage's own answer says the day's quota is spent
+    next_refill_in: float | None  # seconds until the oldest counted call leaves the window
+    blocked_for: float  # seconds left of a block set by Alpha Vantage's "per day" answer
+
+
+class DailyQuota:
+    """At most `limit` calls in any `window` seconds (a rolling day).
+
+    Calls are counted when they are made, so a call refused by the breaker or the bulkhead
+    costs nothing. `exhaust()` records Alpha Vantage's own word that the quota is spent: its
+    counter is per key and IP, so other clients of the same key spend it too.
+    """
+
+    def __init__(
+        self, limit: int, window: float = DAY, clock: Callable[[], float] = time.monotonic
+    ):
+        if limit < 1 or not (math.isfinite(window) and window > 0):
+            raise ValueError(f"need limit >= 1 and window > 0, got {limit} and {window}")
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._calls: deque[float] = deque()
+        self._blocked_until = -math.inf
+
+    def check(self) -> None:
+        """Raise Throttled if a call now would go over the quota."""
+        wait = self._wait(self._clock())
+        if wait > 0:
+            raise Throttled(
+                f"the daily quota of {self.limit} Alpha Vantage calls is spent",
+                "quota",
+                _seconds(wait),
+            )
+
+    def take(self) -> None:
+        """Count a call about to be made, or raise Throttled as check() does."""
+        self.check()
+        self._calls.append(self._clock())
+
+    def exhaust(self) -> None:
+        """Make no call until the oldest counted call leaves the window (a whole window if
+        none is counted): Alpha Vantage's count is ahead of ours."""
+        now = self._clock()
+        self._expire(now)
+        self._blocked_until = (self._calls[0] if self._calls else now) + self.window
+
+    def status(self) -> QuotaStatus:
+        now = self._clock()
+        self._expire(now)
+        blocked_for = max(0.0, self._blocked_until - now)
+        return QuotaStatus(
+            limit=self.limit,
+            used=len(self._calls),
+            remaining=0 if blocked_for else max(0, self.limit - len(self._calls)),
+            next_refill_in=self._calls[0] + self.window - now if self._calls else None,
+            blocked_for=blocked_for,
+        )
+
+    def _wait(self, now: float) -> float:
+        self._expire(now)
+        if now < self._blocked_until:
+            return self._blocked_until - now
+        if len(self._calls) < self.limit:
+            return 0.0
+        # Free once enough of the oldest calls have left the window to make room for one.
+        return self._calls[len(self._calls) - self.limit] + self.window - now
+
+    def _expire(self, now: float) -> None:
+        calls, horizon = self._calls, now - self.window
+        while calls and calls[0] <= horizon:
+            calls.popleft()
+
+
+class Bulkhead:
+    """At most `max_concurrency` calls at once; the rest wait a bounded time or are refused,
+    so a slow upstream can never tie up every connection and task."""
+
+    def __init__(self, name: str, max_concurrency: int):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.name = name
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+        self._slots = asyncio.Semaphore(max_concurrency)
+
+    @asynccontextmanager
+    async def slot(self, max_wait: float) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(max_wait if self._slots.locked() else None):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Throttled(
+                f"{self.max_concurrency} calls to Alpha Vantage are already in flight",
+                "bulkhead",
+                1,
+            ) from None
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
+
+
+class UpstreamLimits:
+    """Pacing and the daily quota, shared by every call made with one API key."""
+
+    def __init__(
+        self,
+        *,
+        pacing: TokenBucket | None,
+        quota: DailyQuota | None,
+        max_wait: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.pacing = pacing
+        self.quota = quota
+        self.max_wait = max_wait
+        self._clock = clock
+
+    @asynccontextmanager
+    async def admit(self, bulkhead: Bulkhead) -> AsyncIterator[None]:
+        """Wait, `max_wait` seconds at most in all, for a bulkhead slot and then a paced turn;
+        or raise Throttled at once. The token is taken last, so that the calls it paces start
+        no closer together than the rate, however long the bulkhead made them wait."""
+        deadline = self._clock() + self.max_wait
+        if self.quota is not None:
+            self.quota.check()  # no use waiting for a turn the quota would refuse
+        async with bulkhead.slot(self.max_wait):
+            if self.pacing is not None:
+                wait = self.pacing.reserve(max(0.0, deadline - self._clock()))
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            yield
+
+    def count_call(self) -> None:
+        """Count a call about to be made against the quota (Throttled if it is spent)."""
+        if self.quota is not None:
+            self.quota.take()
+
+    def daily_limit_reached(self) -> None:
+        """Alpha Vantage answered that the day's quota is spent."""
+        if self.quota is not None:
+            self.quota.exhaust()
