@@ -215,16 +215,18 @@ async def test_answers_are_classified_by_what_they_say(
 
 
 @pytest.mark.parametrize(
-    ("body", "retry_after"),
-    [(DAILY_LIMIT, 3600), (MINUTE_LIMIT, 60), (BURST_LIMIT, 1)],
+    ("body", "period", "retry_after"),
+    # The old Note names both limits; per minute was what it usually meant.
+    [(DAILY_LIMIT, "day", 3600), (MINUTE_LIMIT, "minute", 60), (BURST_LIMIT, "second", 1)],
 )
 @respx.mock
-async def test_rate_limits_suggest_a_wait(
-    av: AlphaVantageClient, body: dict[str, str], retry_after: int
+async def test_rate_limits_name_their_period_and_suggest_a_wait(
+    av: AlphaVantageClient, body: dict[str, str], period: str, retry_after: int
 ) -> None:
     respx.get(URL).mock(return_value=answer(body))
     with pytest.raises(RateLimited) as info:
         await av.daily("IBM")
+    assert info.value.period == period
     assert info.value.retry_after == retry_after
 
 
