@@ -12,9 +12,9 @@ unknown to the simulator: they get Alpha Vantage's unknown-symbol answers.
 
 Faults are switched at run time with `POST /_faults {"mode": ..., "delay_seconds": ...}` (see
 `FaultMode`; setting a mode restarts `flapping` at a good answer); with `"function":
-"GLOBAL_QUOTE"` (or another function) only that function's calls see the fault. `GET /_stats` counts the
-/query calls received per function, faulty ones included, and `POST /_stats/reset` zeroes the
-counters. All state lives on the app instance.
+"GLOBAL_QUOTE"` (or another function) only that function's calls see the fault. `GET /_stats`
+counts the /query calls received per function, faulty ones included, and `POST /_stats/reset`
+zeroes the counters. All state lives on the app instance.
 """
 
 from __future__ import annotations
