@@ -66,9 +66,13 @@ def main() -> None:
             url = f"http://127.0.0.1:{args.simulator_port}/query"
             os.environ["ALPHAVANTAGE_BASE_URL"] = url
             os.environ["ALPHAVANTAGE_API_KEY"] = "any-key-will-do"
+            # A free key's pacing and daily quota would make the demo useless after 25 calls.
+            os.environ.setdefault("UPSTREAM_RATE_PER_SECOND", "0")
+            os.environ.setdefault("UPSTREAM_DAILY_QUOTA", "0")
             logger.warning(
                 "ALPHAVANTAGE_API_KEY is not set: serving from the built-in Alpha Vantage "
-                "simulator at %s (break it with POST /_faults; set the key for real data)",
+                "simulator at %s, with pacing and the daily quota off unless set (break it "
+                "with POST /_faults; set the key for real data)",
                 url,
             )
             settings = load_settings()

@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.breaker import CircuitBreaker
+from app.limits import Bulkhead, UpstreamLimits
 from app.metrics import Metrics
 from app.rendering import Renderer
 from app.service import StockService
@@ -23,7 +24,9 @@ class Resources:
 
     settings: Settings
     http: httpx.AsyncClient
-    breaker: CircuitBreaker
+    breakers: tuple[CircuitBreaker, ...]  # one, or one per upstream function (BREAKER_SCOPE)
+    bulkheads: tuple[Bulkhead, ...]  # one per breaker
+    limits: UpstreamLimits
     metrics: Metrics
     service: StockService
     renderer: Renderer
@@ -42,8 +45,8 @@ async def get_resources(request: Request) -> Resources:
     return resources_of(request)
 
 
-async def get_breaker(request: Request) -> CircuitBreaker:
-    return resources_of(request).breaker
+async def get_breakers(request: Request) -> tuple[CircuitBreaker, ...]:
+    return resources_of(request).breakers
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -65,6 +68,6 @@ async def require_admin(
         )
 
 
-BreakerDep = Annotated[CircuitBreaker, Depends(get_breaker)]
+BreakersDep = Annotated[tuple[CircuitBreaker, ...], Depends(get_breakers)]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 AdminDep = Depends(require_admin)

@@ -20,26 +20,32 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import alphavantage
 from app.alphavantage import AlphaVantageClient
-from app.breaker import CircuitBreaker, CircuitOpenError
+from app.breaker import Backoff, CircuitBreaker, CircuitOpenError, FailureRate
 from app.cache import TTLCache
 from app.deps import Resources
-from app.errors import RateLimited, UnknownSymbol, UpstreamError, UpstreamTimeout
+from app.errors import RateLimited, Throttled, UnknownSymbol, UpstreamError, UpstreamTimeout
+from app.limits import Bulkhead, DailyQuota, TokenBucket, UpstreamLimits
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.models import DailySeries, Quote
 from app.rendering import Renderer
 from app.routes import breaker as breaker_routes
-from app.routes import ops, stock
-from app.service import StockService
+from app.routes import ops, stock, upstream
+from app.service import Lane, StockService
 from app.settings import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
-BREAKER_NAME = "alphavantage"
-UPSTREAM_CONNECTIONS = 100  # httpx's pool size, and the client's bound on calls in flight
+BREAKER_NAME = "alphavantage"  # the shared breaker; with BREAKER_SCOPE=function, a prefix
 SYMBOL_RULE = "must be 1 to 20 letters or digits, in groups joined by single '.' or '-'"
-ROUTES = ("/stock/{symbol}", "/stock/{symbol}/quote", "/circuit-breaker", "/metrics")
+ROUTES = (
+    "/stock/{symbol}",
+    "/stock/{symbol}/quote",
+    "/circuit-breaker",
+    "/upstream",
+    "/metrics",
+)
 
 
 def create_app(
@@ -57,6 +63,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or load_settings()
+        connections = upstream_connections(resolved)
         if configure_logs:
             secrets = (resolved.alphavantage_api_key, resolved.admin_token)
             configure_logging(
@@ -66,12 +73,9 @@ def create_app(
         async with httpx.AsyncClient(
             timeout=resolved.upstream_timeout_seconds,
             headers={"User-Agent": "stock-service"},
-            # Keep every connection the pool may open: under a burst of misses httpx's default
-            # (20 kept of 100) would close and reopen connections to the same host.
-            limits=httpx.Limits(
-                max_connections=UPSTREAM_CONNECTIONS,
-                max_keepalive_connections=UPSTREAM_CONNECTIONS,
-            ),
+            # One connection for each bulkhead slot, all kept alive: under a burst of misses
+            # httpx's default (20 kept of 100) would close and reopen connections to one host.
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             transport=upstream_transport,
         ) as http:
             app.state.resources = build_resources(resolved, http, metrics)
@@ -82,7 +86,10 @@ def create_app(
             app.state.ready = True
             logger.info(
                 "started",
-                extra={"upstream": resolved.alphavantage_base_url, "breaker": BREAKER_NAME},
+                extra={
+                    "upstream": resolved.alphavantage_base_url,
+                    "breakers": [b.name for b in app.state.resources.breakers],
+                },
             )
             try:
                 yield
@@ -99,6 +106,7 @@ def create_app(
     )
     app.include_router(stock.router)
     app.include_router(breaker_routes.router)
+    app.include_router(upstream.router)
     app.include_router(ops.router)
     static_routes = frozenset(
         url for url in (app.openapi_url, app.docs_url, app.redoc_url) if url is not None
@@ -134,34 +142,91 @@ def drain_on_sigterm(app: FastAPI, drain_seconds: float) -> Callable[[], None]:
     return restore
 
 
+def upstream_connections(settings: Settings) -> int:
+    """The httpx pool's size: every bulkhead slot of every lane can hold a connection."""
+    lanes = len(alphavantage.FUNCTIONS) if settings.breaker_scope == "function" else 1
+    return settings.upstream_max_concurrency * lanes
+
+
 def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> Resources:
-    breaker = CircuitBreaker(
-        BREAKER_NAME,
-        failure_threshold=settings.breaker_failure_threshold,
-        success_threshold=settings.breaker_success_threshold,
-        timeout=settings.breaker_timeout_seconds,
-        half_open_max_calls=settings.breaker_half_open_max_calls,
-        # An unknown symbol is a good answer about a bad question: no reason to trip.
-        is_failure=lambda exc: not isinstance(exc, UnknownSymbol),
-        listeners=[metrics],
+    if settings.breaker_scope == "function":
+        names = {f: f"{BREAKER_NAME}_{f.lower()}" for f in alphavantage.FUNCTIONS}
+    else:
+        names = dict.fromkeys(alphavantage.FUNCTIONS, BREAKER_NAME)
+    lanes_by_name = {name: build_lane(name, settings, metrics) for name in names.values()}
+    lanes = {function: lanes_by_name[name] for function, name in names.items()}
+    limits = UpstreamLimits(
+        pacing=(
+            TokenBucket(settings.upstream_rate_per_second, settings.upstream_burst)
+            if settings.upstream_rate_per_second > 0
+            else None
+        ),
+        quota=DailyQuota(settings.upstream_daily_quota) if settings.upstream_daily_quota else None,
+        max_wait=settings.upstream_max_wait_seconds,
     )
-    metrics.watch(breaker)
+    bulkheads = tuple(lane.bulkhead for lane in lanes_by_name.values())
+    metrics.watch_limits(limits, bulkheads)
     client = AlphaVantageClient(
         http,
         api_key=settings.alphavantage_api_key,
         base_url=settings.alphavantage_base_url,
         timeout=settings.upstream_timeout_seconds,
         max_body_bytes=settings.upstream_max_body_bytes,
-        max_concurrency=UPSTREAM_CONNECTIONS,
+        max_concurrency=upstream_connections(settings),
     )
     cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
         ttl=settings.cache_ttl_seconds,
         stale=settings.cache_stale_seconds,
         max_entries=settings.cache_max_entries,
     )
-    service = StockService(client, breaker, cache, metrics)
-    renderer = Renderer()
-    return Resources(settings, http, breaker, metrics, service, renderer)
+    service = StockService(client, lanes, limits, cache, metrics)
+    return Resources(
+        settings=settings,
+        http=http,
+        breakers=tuple(lane.breaker for lane in lanes_by_name.values()),
+        bulkheads=bulkheads,
+        limits=limits,
+        metrics=metrics,
+        service=service,
+        renderer=Renderer(),
+    )
+
+
+def build_lane(name: str, settings: Settings, metrics: Metrics) -> Lane:
+    breaker = CircuitBreaker(
+        name,
+        failure_threshold=settings.breaker_failure_threshold,
+        success_threshold=settings.breaker_success_threshold,
+        timeout=settings.breaker_timeout_seconds,
+        half_open_max_calls=settings.breaker_half_open_max_calls,
+        failure_rate=failure_rate(settings),
+        backoff=Backoff(
+            multiplier=settings.breaker_backoff_multiplier,
+            # Never shorter than the first opening: a backoff must not shorten anything.
+            max_timeout=max(settings.breaker_backoff_max_seconds, settings.breaker_timeout_seconds),
+            jitter=settings.breaker_backoff_jitter,
+        ),
+        # An unknown symbol is a good answer about a bad question, and a throttled call was
+        # never made: neither says anything about Alpha Vantage's health.
+        is_failure=lambda exc: not isinstance(exc, (UnknownSymbol, Throttled)),
+        listeners=[metrics],
+    )
+    metrics.watch(breaker)
+    return Lane(breaker, Bulkhead(name, settings.upstream_max_concurrency))
+
+
+def failure_rate(settings: Settings) -> FailureRate | None:
+    if settings.breaker_mode == "consecutive":
+        return None
+    count = settings.breaker_window == "count"
+    return FailureRate(
+        threshold=settings.breaker_failure_rate_threshold,
+        minimum_calls=settings.breaker_minimum_calls,
+        window_calls=settings.breaker_window_size if count else None,
+        window_seconds=None if count else settings.breaker_window_size,
+        slow_call_seconds=settings.breaker_slow_call_seconds or None,
+        slow_call_threshold=settings.breaker_slow_call_rate_threshold,
+    )
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -183,7 +248,7 @@ def add_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, UnknownSymbol):
             symbol = str(request.path_params.get("symbol", "")).upper()
             return JSONResponse({"detail": f"unknown symbol: {symbol}"}, status_code=404)
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | Throttled):
             return JSONResponse(
                 {"detail": exc.detail},
                 status_code=503,

@@ -13,7 +13,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from app.breaker import CircuitBreaker, CircuitOpenError, Listener, State
-from app.errors import OUTCOMES
+from app.errors import OUTCOMES, THROTTLE_REASONS
+from app.limits import Bulkhead, UpstreamLimits
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -43,6 +44,45 @@ class _BreakerStates:
         yield gauge
 
 
+class _UpstreamLimits:
+    """Computes the quota and bulkhead gauges at scrape time, so the quota reads right as
+    calls leave its window even when nothing else happens."""
+
+    def __init__(self) -> None:
+        self.limits: UpstreamLimits | None = None
+        self.bulkheads: list[Bulkhead] = []
+
+    def collect(self) -> Iterable[Metric]:
+        quota = self.limits.quota if self.limits is not None else None
+        if quota is not None:  # no series at all when the quota is off
+            status = quota.status()
+            yield GaugeMetricFamily(
+                "stock_api_upstream_quota_limit",
+                "Upstream calls allowed in a rolling day (UPSTREAM_DAILY_QUOTA).",
+                value=status.limit,
+            )
+            yield GaugeMetricFamily(
+                "stock_api_upstream_quota_remaining",
+                "Upstream calls left in the rolling day; 0 while Alpha Vantage says it is spent.",
+                value=status.remaining,
+            )
+        in_flight = GaugeMetricFamily(
+            "stock_api_upstream_calls_in_flight",
+            "Upstream calls holding a bulkhead slot (waiting for a paced turn or running).",
+            labels=["bulkhead"],
+        )
+        capacity = GaugeMetricFamily(
+            "stock_api_upstream_max_concurrency",
+            "Bulkhead size: upstream calls allowed in flight (UPSTREAM_MAX_CONCURRENCY).",
+            labels=["bulkhead"],
+        )
+        for bulkhead in self.bulkheads:
+            in_flight.add_metric([bulkhead.name], bulkhead.in_flight)
+            capacity.add_metric([bulkhead.name], bulkhead.max_concurrency)
+        yield in_flight
+        yield capacity
+
+
 class Metrics(Listener):
     """The service's metrics; also the breakers' listener (call outcomes are counted by
     function in observe_upstream, which sees what the breaker does not)."""
@@ -51,6 +91,8 @@ class Metrics(Listener):
         self.registry = CollectorRegistry(auto_describe=True)
         self._states = _BreakerStates()
         self.registry.register(self._states)
+        self._limits = _UpstreamLimits()
+        self.registry.register(self._limits)
         self.state_changes = Counter(
             "stock_api_circuit_breaker_state_changes_total",
             "Circuit breaker state transitions.",
@@ -74,6 +116,12 @@ class Metrics(Listener):
             "Time taken by calls to Alpha Vantage.",
             ["function"],
             buckets=UPSTREAM_BUCKETS,
+            registry=self.registry,
+        )
+        self.throttled_calls = Counter(
+            "stock_api_upstream_throttled_calls_total",
+            "Upstream calls the service held back itself, by reason: pacing, quota, bulkhead.",
+            ["reason"],
             registry=self.registry,
         )
         self.cache_requests = Counter(
@@ -105,6 +153,9 @@ class Metrics(Listener):
             for outcome in OUTCOMES
         }
         self._upstream_duration = {f: self.upstream_duration.labels(f) for f in functions}
+        self._throttled = {
+            reason: self.throttled_calls.labels(reason) for reason in THROTTLE_REASONS
+        }
         self._cache_requests = {
             (function, result): self.cache_requests.labels(function, result)
             for function in functions
@@ -124,6 +175,11 @@ class Metrics(Listener):
                 if old is not new:
                     self.state_changes.labels(breaker.name, old.value, new.value)
 
+    def watch_limits(self, limits: UpstreamLimits, bulkheads: Sequence[Bulkhead]) -> None:
+        """Export the quota and bulkhead gauges (replacing those of an earlier lifespan)."""
+        self._limits.limits = limits
+        self._limits.bulkheads = list(bulkheads)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -141,6 +197,9 @@ class Metrics(Listener):
     def observe_upstream(self, function: str, outcome: str, seconds: float) -> None:
         self._upstream_calls[function, outcome].inc()
         self._upstream_duration[function].observe(seconds)
+
+    def count_throttled(self, reason: str) -> None:
+        self._throttled[reason].inc()
 
     def count_cache(self, function: str, result: str) -> None:
         self._cache_requests[function, result].inc()

@@ -72,7 +72,7 @@ class QuoteAnswer(Quote):
     source: Source
 
 
-class BreakerStatus(BaseModel):
+class BreakerSnapshot(BaseModel):
     name: str
     state: Literal["closed", "open", "half_open"]
     failure_count: int
@@ -85,6 +85,46 @@ class BreakerStatus(BaseModel):
     opened_at: dt.datetime | None
     retry_after_seconds: float
     forced_open: bool
+    mode: Literal["consecutive", "failure_rate"]
+    open_timeout_seconds: float  # of the current or last opening, backoff included
+    reopens: int  # re-opens from half_open since it last closed (each backs off further)
+    window_calls: int  # failure_rate mode: calls in the window now
+    failure_rate: float | None
+    slow_call_rate: float | None
+
+
+class BreakerStatus(BreakerSnapshot):
+    """The most severe breaker (open over half_open over closed) and, in `breakers`, all."""
+
+    breakers: list[BreakerSnapshot]
+
+
+class QuotaStatus(BaseModel):
+    limit: int
+    used: int
+    remaining: int
+    window_seconds: float
+    next_refill_at: dt.datetime | None  # when the oldest counted call leaves the window
+    blocked_until: dt.datetime | None  # set by Alpha Vantage's own "per day" answer
+
+
+class PacingStatus(BaseModel):
+    rate_per_second: float
+    burst: int
+    tokens: float  # below zero while callers wait for their turn
+
+
+class BulkheadStatus(BaseModel):
+    name: str
+    max_concurrency: int
+    in_flight: int
+
+
+class UpstreamStatus(BaseModel):
+    quota: QuotaStatus | None  # null when UPSTREAM_DAILY_QUOTA=0
+    pacing: PacingStatus | None  # null when UPSTREAM_RATE_PER_SECOND=0
+    max_wait_seconds: float
+    bulkheads: list[BulkheadStatus]
 
 
 class ErrorBody(BaseModel):

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 from app.alphavantage import DAILY, QUOTE, AlphaVantageClient
 from app.breaker import CircuitBreaker, CircuitOpenError
 from app.cache import SingleFlight, TTLCache
-from app.errors import UpstreamError, UpstreamFailure
+from app.errors import RateLimited, Throttled, UpstreamError, UpstreamFailure
+from app.limits import Bulkhead, UpstreamLimits
 from app.metrics import Metrics
 from app.models import DailySeries, Quote, Source
 
@@ -21,16 +23,28 @@ T = TypeVar("T", DailySeries, Quote)
 Key = tuple[str, str]  # (function, symbol)
 
 
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """The breaker and bulkhead that an upstream function's calls go through. Functions share
+    one lane unless BREAKER_SCOPE=function gives each its own, so that one failing or slow
+    endpoint cannot block the other."""
+
+    breaker: CircuitBreaker
+    bulkhead: Bulkhead
+
+
 class StockService:
     def __init__(
         self,
         client: AlphaVantageClient,
-        breaker: CircuitBreaker,
+        lanes: Mapping[str, Lane],
+        limits: UpstreamLimits,
         cache: TTLCache[Key, DailySeries | Quote],
         metrics: Metrics,
     ) -> None:
         self._client = client
-        self._breaker = breaker
+        self._lanes = lanes
+        self._limits = limits
         self._cache = cache
         self._metrics = metrics
         self._flights: SingleFlight[Key, DailySeries | Quote] = SingleFlight()
@@ -57,10 +71,11 @@ class StockService:
             self._metrics.count_cache(function, "hit")
             return self._as(kind, hit.value), "cache"
         self._metrics.count_cache(function, "miss")
+        lane = self._lanes[function]
         try:
-            self._breaker.check()  # an open breaker answers before a flight is set up
-            value = await self._flights.run(key, lambda: self._fetch(key, fetch))
-        except (UpstreamFailure, CircuitOpenError) as exc:
+            lane.breaker.check()  # an open breaker answers before a flight is set up
+            value = await self._flights.run(key, lambda: self._fetch(key, lane, fetch))
+        except (UpstreamFailure, CircuitOpenError, Throttled) as exc:
             if hit is None:
                 raise
             self._metrics.count_cache(function, "stale")
@@ -71,19 +86,28 @@ class StockService:
             return self._as(kind, hit.value), "stale"
         return self._as(kind, value), "upstream"
 
-    async def _fetch(self, key: Key, fetch: Callable[[str], Awaitable[T]]) -> T:
-        value = await self._breaker.call(self._observed, key, fetch)
+    async def _fetch(self, key: Key, lane: Lane, fetch: Callable[[str], Awaitable[T]]) -> T:
+        try:
+            async with self._limits.admit(lane.bulkhead):
+                value = await lane.breaker.call(self._observed, key, fetch)
+        except Throttled as exc:
+            self._metrics.count_throttled(exc.reason)
+            raise
         self._cache.put(key, value)
         return value
 
     async def _observed(self, key: Key, fetch: Callable[[str], Awaitable[T]]) -> T:
         function, symbol = key
+        # Counted here, inside the breaker, so that a call the breaker refuses costs nothing.
+        self._limits.count_call()
         outcome = "error"
         started = time.perf_counter()
         try:
             value = await fetch(symbol)
         except UpstreamError as exc:
             outcome = exc.outcome
+            if isinstance(exc, RateLimited) and exc.period == "day":
+                self._limits.daily_limit_reached()
             if isinstance(exc, UpstreamFailure):
                 logger.warning(
                     "upstream call failed: %s",

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ALPHAVANTAGE_URL = "https://www.alphavantage.co/query"
 
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Seconds = NonNegative
 AtLeastOne = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 class ConfigError(Exception):
@@ -29,15 +32,34 @@ class Settings(BaseSettings):
     alphavantage_base_url: str = ALPHAVANTAGE_URL
     upstream_timeout_seconds: PositiveSeconds = 10.0
     upstream_max_body_bytes: AtLeastOne = 5_000_000
+    # A free key's limits: about 1 call a second, 25 a day. 0 turns pacing or the quota off.
+    upstream_rate_per_second: NonNegative = 1.0
+    upstream_burst: AtLeastOne = 1
+    upstream_max_wait_seconds: Seconds = 2.0
+    upstream_daily_quota: Annotated[int, Field(ge=0)] = 25
+    upstream_max_concurrency: AtLeastOne = 4
+    breaker_scope: Literal["shared", "function"] = "shared"
     breaker_failure_threshold: AtLeastOne = 5
     breaker_success_threshold: AtLeastOne = 3
-    breaker_timeout_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
+    breaker_timeout_seconds: Seconds = 30.0
     breaker_half_open_max_calls: AtLeastOne = 1
-    cache_ttl_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
-    cache_stale_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 86400.0
+    # Re-opens from half-open back off: BREAKER_TIMEOUT_SECONDS * multiplier**k, +-jitter.
+    breaker_backoff_multiplier: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
+    breaker_backoff_max_seconds: Seconds = 300.0
+    breaker_backoff_jitter: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # failure_rate: open on the share of failed (or slow) calls in a window, not a run of them.
+    breaker_mode: Literal["consecutive", "failure_rate"] = "consecutive"
+    breaker_failure_rate_threshold: Fraction = 0.5
+    breaker_minimum_calls: AtLeastOne = 10
+    breaker_window: Literal["count", "time"] = "count"
+    breaker_window_size: AtLeastOne = 20  # calls, or seconds for a time window
+    breaker_slow_call_seconds: Seconds = 0.0  # 0: no call counts as slow
+    breaker_slow_call_rate_threshold: Fraction = 1.0
+    cache_ttl_seconds: Seconds = 300.0
+    cache_stale_seconds: Seconds = 86400.0
     cache_max_entries: AtLeastOne = 10_000
     admin_token: SecretStr | None = None
-    shutdown_drain_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 2.0
+    shutdown_drain_seconds: Seconds = 2.0
     shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 20
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
@@ -60,6 +82,20 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    @model_validator(mode="after")
+    def _window_can_reach_a_verdict(self) -> Settings:
+        if (
+            self.breaker_mode == "failure_rate"
+            and self.breaker_window == "count"
+            and self.breaker_minimum_calls > self.breaker_window_size
+        ):
+            raise ValueError(
+                f"BREAKER_MINIMUM_CALLS ({self.breaker_minimum_calls}) exceeds "
+                f"BREAKER_WINDOW_SIZE ({self.breaker_window_size}): a count window that small "
+                "never holds enough calls to open"
+            )
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_case_level(cls, value: object) -> object:
@@ -78,6 +114,9 @@ def load_settings() -> Settings:
             "(`make run` without a key serves from the built-in simulator instead)"
         )
     problems = "; ".join(
-        f"{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}" for e in errors
+        f"{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}"
+        if e["loc"]
+        else e["msg"].removeprefix("Value error, ")
+        for e in errors
     )
     raise ConfigError(f"invalid configuration: {problems}")

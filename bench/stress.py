@@ -97,11 +97,14 @@ def serve_simulator(logs: Path) -> contextlib.AbstractContextManager[Server]:
 
 
 def service_env(simulator: Server, **extra: str) -> dict[str, str]:
-    """The service's settings against `simulator`: defaults, admin endpoints on."""
+    """The service's settings against `simulator`: defaults, admin endpoints on, and, as
+    against the simulator of `make run`, pacing and the daily quota off."""
     return {
         "ALPHAVANTAGE_API_KEY": "bench-key",
         "ALPHAVANTAGE_BASE_URL": simulator.url + "/query",
         "ADMIN_TOKEN": ADMIN_TOKEN,
+        "UPSTREAM_RATE_PER_SECOND": "0",
+        "UPSTREAM_DAILY_QUOTA": "0",
         **extra,
     }
 

@@ -38,6 +38,9 @@ def make_settings(**overrides: object) -> Settings:
         "alphavantage_api_key": API_KEY,
         "alphavantage_base_url": "http://simulator/query",
         "admin_token": ADMIN_TOKEN,
+        # As `python -m app` runs against the simulator: pacing and the daily quota off.
+        "upstream_rate_per_second": 0,
+        "upstream_daily_quota": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import httpx
 
+from app.settings import Settings
 from app.simulator import FaultMode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,25 +33,10 @@ STOP_TIMEOUT_SECONDS = 10.0
 PORT_ATTEMPTS = 3  # another process may take a free port before the server binds it
 
 # Every variable the service reads (pydantic-settings matches them case-insensitively).
-SETTINGS_VARIABLES = frozenset(
-    {
-        "ALPHAVANTAGE_API_KEY",
-        "ALPHAVANTAGE_BASE_URL",
-        "UPSTREAM_TIMEOUT_SECONDS",
-        "UPSTREAM_MAX_BODY_BYTES",
-        "SHUTDOWN_DRAIN_SECONDS",
-        "SHUTDOWN_GRACE_SECONDS",
-        "BREAKER_FAILURE_THRESHOLD",
-        "BREAKER_SUCCESS_THRESHOLD",
-        "BREAKER_TIMEOUT_SECONDS",
-        "BREAKER_HALF_OPEN_MAX_CALLS",
-        "CACHE_TTL_SECONDS",
-        "CACHE_STALE_SECONDS",
-        "CACHE_MAX_ENTRIES",
-        "ADMIN_TOKEN",
-        "LOG_LEVEL",
-    }
-)
+SETTINGS_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
+# As `python -m app` runs against the simulator: pacing and the daily quota off unless a test
+# turns them on.
+SIMULATOR_DEFAULTS = {"UPSTREAM_RATE_PER_SECOND": "0", "UPSTREAM_DAILY_QUOTA": "0"}
 # A proxy from the environment would carry the servers' 127.0.0.1 traffic elsewhere.
 PROXY_VARIABLES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"})
 
@@ -207,7 +193,11 @@ class ServerPool:
                 str(port),
             ]
 
-        variables = {"ALPHAVANTAGE_BASE_URL": f"{simulator.url}/query", **settings}
+        variables = {
+            "ALPHAVANTAGE_BASE_URL": f"{simulator.url}/query",
+            **SIMULATOR_DEFAULTS,
+            **settings,
+        }
         return self._start("service", command, variables, ready_path="/healthz", cwd=self._log_dir)
 
     def start_launcher(self, simulator_port: int, settings: Mapping[str, str]) -> ServerProcess:

@@ -57,6 +57,13 @@ BREAKER_FIELDS = {
     "opened_at",
     "retry_after_seconds",
     "forced_open",
+    "mode",
+    "open_timeout_seconds",
+    "reopens",
+    "window_calls",
+    "failure_rate",
+    "slow_call_rate",
+    "breakers",
 }
 ROUTE_LABELS = {
     "/stock/{symbol}",
@@ -64,6 +71,7 @@ ROUTE_LABELS = {
     "/circuit-breaker",
     "/circuit-breaker/open",
     "/circuit-breaker/reset",
+    "/upstream",
     "/healthz",
     "/readyz",
     "/metrics",

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.settings import Settings
 from app.simulator import FaultMode
 from tests.servers import (
     ROOT,
@@ -259,6 +260,50 @@ async def test_concurrent_requests_for_one_symbol_share_one_upstream_call(
         assert [response.status_code for response in responses] == [200] * 50
         assert len({response.text for response in responses}) == 1
         assert await sim.calls() == {DAILY: 1}
+
+
+# -- pacing, quota and bulkhead -------------------------------------------------------------
+
+LIMIT_SETTINGS = (
+    "upstream_rate_per_second",
+    "upstream_burst",
+    "upstream_max_wait_seconds",
+    "upstream_daily_quota",
+    "upstream_max_concurrency",
+)
+
+
+async def test_a_burst_of_200_distinct_misses_is_paced_and_every_client_answered(
+    start_stack: StartStack,
+) -> None:
+    defaults = {name: Settings.model_fields[name].default for name in LIMIT_SETTINGS}
+    stack = start_stack(**{name.upper(): str(value) for name, value in defaults.items()})
+    async with connect(stack) as (api, sim):
+        started = time.monotonic()
+        responses = await asyncio.gather(*(api.get(f"/stock/BURST{n}") for n in range(200)))
+        elapsed = time.monotonic() - started
+
+        calls = sum((await sim.calls()).values())
+        # The bucket's burst, then one call a second for as long as the burst lasted.
+        allowed = defaults["upstream_burst"] + defaults["upstream_rate_per_second"] * elapsed
+        assert 1 <= calls <= allowed, (calls, elapsed)
+        statuses = Counter(response.status_code for response in responses)
+        assert statuses == {200: calls, 503: 200 - calls}
+        for response in responses:
+            if response.status_code == 503:
+                assert "paced" in response.json()["detail"]
+                assert retry_after_seconds(response) >= 1
+        # Nobody queued past UPSTREAM_MAX_WAIT_SECONDS (plus the time to serve 200 requests).
+        assert elapsed < defaults["upstream_max_wait_seconds"] + 3
+
+        metrics = (await api.get("/metrics")).text
+        throttled = 'stock_api_upstream_throttled_calls_total{reason="pacing"} '
+        assert f"{throttled}{200.0 - calls}" in metrics
+        quota = (await api.get("/upstream")).json()["quota"]
+        assert (quota["used"], quota["remaining"]) == (
+            calls,
+            defaults["upstream_daily_quota"] - calls,
+        )
 
 
 # -- logs and secrets -----------------------------------------------------------------------

@@ -4,24 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import ConfigError, MissingApiKey, load_settings
+from app.settings import ConfigError, MissingApiKey, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No variable or .env file of the developer's may leak into these tests."""
     monkeypatch.chdir(tmp_path)
-    for name in (
-        "ALPHAVANTAGE_API_KEY",
-        "ALPHAVANTAGE_BASE_URL",
-        "UPSTREAM_TIMEOUT_SECONDS",
-        "BREAKER_FAILURE_THRESHOLD",
-        "BREAKER_TIMEOUT_SECONDS",
-        "CACHE_MAX_ENTRIES",
-        "ADMIN_TOKEN",
-        "LOG_LEVEL",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,6 +26,18 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.cache_max_entries == 10_000
     assert settings.admin_token is None
     assert settings.log_level == "INFO"
+    # A free key's limits; `python -m app` turns pacing and the quota off for the simulator.
+    assert (settings.upstream_rate_per_second, settings.upstream_burst) == (1, 1)
+    assert settings.upstream_max_wait_seconds == 2
+    assert settings.upstream_daily_quota == 25
+    assert settings.upstream_max_concurrency == 4
+    assert settings.breaker_scope == "shared"
+    assert settings.breaker_mode == "consecutive"
+    assert (
+        settings.breaker_backoff_multiplier,
+        settings.breaker_backoff_max_seconds,
+        settings.breaker_backoff_jitter,
+    ) == (2, 300, 0.1)
 
 
 @pytest.mark.parametrize("value", [None, "", "   "])
@@ -58,6 +61,16 @@ def test_a_missing_or_blank_key_is_its_own_error(
         ("CACHE_MAX_ENTRIES", "0"),
         ("ALPHAVANTAGE_BASE_URL", "ftp://example"),
         ("LOG_LEVEL", "LOUD"),
+        ("UPSTREAM_RATE_PER_SECOND", "-1"),
+        ("UPSTREAM_DAILY_QUOTA", "-1"),
+        ("UPSTREAM_MAX_CONCURRENCY", "0"),
+        ("BREAKER_SCOPE", "symbol"),
+        ("BREAKER_MODE", "vibes"),
+        ("BREAKER_FAILURE_RATE_THRESHOLD", "0"),
+        ("BREAKER_FAILURE_RATE_THRESHOLD", "1.5"),
+        ("BREAKER_WINDOW", "sliding"),
+        ("BREAKER_BACKOFF_MULTIPLIER", "0.5"),
+        ("BREAKER_BACKOFF_JITTER", "1"),
     ],
 )
 def test_a_bad_value_names_its_variable(
@@ -88,3 +101,19 @@ def test_a_dotenv_file_is_read(tmp_path: Path) -> None:
     assert settings.breaker_timeout_seconds == 12
     assert settings.alphavantage_api_key is not None
     assert settings.alphavantage_api_key.get_secret_value() == "from-dotenv"
+
+
+def test_a_count_window_smaller_than_the_minimum_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "k")
+    monkeypatch.setenv("BREAKER_MODE", "failure_rate")
+    monkeypatch.setenv("BREAKER_WINDOW_SIZE", "5")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "invalid configuration: BREAKER_MINIMUM_CALLS (10) exceeds BREAKER_WINDOW_SIZE (5): "
+        "a count window that small never holds enough calls to open"
+    )
+    monkeypatch.setenv("BREAKER_WINDOW", "time")  # 10 calls in 5 s is fine
+    assert load_settings().breaker_window_size == 5

@@ -1,27 +1,34 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Query, status
 
-from app.breaker import Snapshot
-from app.deps import AdminDep, BreakerDep
-from app.models import BreakerStatus, ErrorBody
+from app.breaker import CircuitBreaker, Snapshot, State
+from app.deps import AdminDep, BreakersDep
+from app.models import BreakerSnapshot, BreakerStatus, ErrorBody
 
 router = APIRouter(tags=["circuit breaker"])
 
 ADMIN_ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong admin bearer token"},
-    404: {"model": ErrorBody, "description": "ADMIN_TOKEN is not set: admin endpoints are off"},
+    404: {
+        "model": ErrorBody,
+        "description": "ADMIN_TOKEN is not set (admin endpoints are off), or no such breaker",
+    },
 }
+SEVERITY = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
+
+BreakerName = Annotated[str | None, Query(description="Only this breaker (default: every breaker)")]
 
 
 def _utc(timestamp: float | None) -> dt.datetime | None:
     return None if timestamp is None else dt.datetime.fromtimestamp(timestamp, dt.UTC)
 
 
-def breaker_status(snapshot: Snapshot) -> BreakerStatus:
-    return BreakerStatus(
+def breaker_snapshot(snapshot: Snapshot) -> BreakerSnapshot:
+    return BreakerSnapshot(
         name=snapshot.name,
         state=snapshot.state.value,
         failure_count=snapshot.failure_count,
@@ -34,12 +41,36 @@ def breaker_status(snapshot: Snapshot) -> BreakerStatus:
         opened_at=_utc(snapshot.opened_at),
         retry_after_seconds=round(snapshot.retry_after, 3),
         forced_open=snapshot.forced_open,
+        mode=snapshot.mode,
+        open_timeout_seconds=round(snapshot.open_timeout, 3),
+        reopens=snapshot.reopens,
+        window_calls=snapshot.window_calls,
+        failure_rate=snapshot.failure_rate,
+        slow_call_rate=snapshot.slow_call_rate,
     )
 
 
+def breaker_status(breakers: tuple[CircuitBreaker, ...]) -> BreakerStatus:
+    snapshots = [b.snapshot() for b in breakers]
+    worst = max(snapshots, key=lambda s: (SEVERITY[s.state], s.retry_after))
+    return BreakerStatus(
+        **breaker_snapshot(worst).model_dump(),
+        breakers=[breaker_snapshot(s) for s in snapshots],
+    )
+
+
+def selected(breakers: tuple[CircuitBreaker, ...], name: str | None) -> list[CircuitBreaker]:
+    chosen = [b for b in breakers if name is None or b.name == name]
+    if not chosen:
+        known = ", ".join(b.name for b in breakers)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no breaker {name!r} (there is {known})")
+    return chosen
+
+
 @router.get("/circuit-breaker", response_model=BreakerStatus)
-async def status(breaker: BreakerDep) -> BreakerStatus:
-    return breaker_status(breaker.snapshot())
+async def breaker_state(breakers: BreakersDep) -> BreakerStatus:
+    """The most severe breaker's state at the top level; every breaker in `breakers`."""
+    return breaker_status(breakers)
 
 
 @router.post(
@@ -48,10 +79,11 @@ async def status(breaker: BreakerDep) -> BreakerStatus:
     dependencies=[AdminDep],
     responses=ADMIN_ERRORS,
 )
-async def force_open(breaker: BreakerDep) -> BreakerStatus:
-    """Open the breaker and keep it open until reset (admin)."""
-    breaker.force_open()
-    return breaker_status(breaker.snapshot())
+async def force_open(breakers: BreakersDep, breaker: BreakerName = None) -> BreakerStatus:
+    """Open the breakers (or the one named) and keep them open until reset (admin)."""
+    for chosen in selected(breakers, breaker):
+        chosen.force_open()
+    return breaker_status(breakers)
 
 
 @router.post(
@@ -60,7 +92,8 @@ async def force_open(breaker: BreakerDep) -> BreakerStatus:
     dependencies=[AdminDep],
     responses=ADMIN_ERRORS,
 )
-async def reset(breaker: BreakerDep) -> BreakerStatus:
-    """Close the breaker and clear its counters (admin)."""
-    breaker.reset()
-    return breaker_status(breaker.snapshot())
+async def reset(breakers: BreakersDep, breaker: BreakerName = None) -> BreakerStatus:
+    """Close the breakers (or the one named) and clear their counters (admin)."""
+    for chosen in selected(breakers, breaker):
+        chosen.reset()
+    return breaker_status(breakers)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from fastapi import APIRouter
+
+from app.deps import ResourcesDep
+from app.models import BulkheadStatus, PacingStatus, QuotaStatus, UpstreamStatus
+
+router = APIRouter(tags=["upstream"])
+
+
+def _utc_in(seconds: float | None) -> dt.datetime | None:
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(time.time() + seconds, dt.UTC)
+
+
+@router.get("/upstream", response_model=UpstreamStatus)
+async def upstream_status(resources: ResourcesDep) -> UpstreamStatus:
+    """What the service still allows itself to ask of Alpha Vantage: the daily quota, the
+    pacing bucket and the bulkheads."""
+    limits = resources.limits
+    quota = None
+    if limits.quota is not None:
+        now = limits.quota.status()
+        quota = QuotaStatus(
+            limit=now.limit,
+            used=now.used,
+            remaining=now.remaining,
+            window_seconds=limits.quota.window,
+            next_refill_at=_utc_in(now.next_refill_in),
+            blocked_until=_utc_in(now.blocked_for or None),
+        )
+    pacing = None
+    if limits.pacing is not None:
+        pacing = PacingStatus(
+            rate_per_second=limits.pacing.rate,
+            burst=limits.pacing.burst,
+            tokens=round(limits.pacing.tokens(), 3),
+        )
+    return UpstreamStatus(
+        quota=quota,
+        pacing=pacing,
+        max_wait_seconds=limits.max_wait,
+        bulkheads=[
+            BulkheadStatus(name=b.name, max_concurrency=b.max_concurrency, in_flight=b.in_flight)
+            for b in resources.bulkheads
+        ],
+    )
