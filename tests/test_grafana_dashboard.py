@@ -16,6 +16,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.settings import Settings
+from tests.conftest import make_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "stock-service.json"
 DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
@@ -123,6 +126,12 @@ def test_breaker_variable_lists_the_exported_breakers(dashboard: dict[str, Any])
 # -- the metrics -----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def settings() -> Settings:
+    """The daily quota on (as with a real key), so that its series exist."""
+    return make_settings(upstream_daily_quota=25)
+
+
 async def test_every_metric_in_the_dashboard_is_exported(
     dashboard: dict[str, Any], client: httpx.AsyncClient
 ) -> None:
@@ -206,6 +215,12 @@ REQUIRED_CHARTS: dict[str, tuple[Callable[[Panel], bool], str | None]] = {
         ),
         None,
     ),
+    "daily quota remaining": (uses("stock_api_upstream_quota_remaining"), "none"),
+    "throttled calls by reason": (
+        uses("stock_api_upstream_throttled_calls_total", "rate(", "by (reason)"),
+        "reqps",
+    ),
+    "bulkhead in flight": (uses("stock_api_upstream_calls_in_flight", "by (bulkhead)"), "none"),
     "state changes": (uses("stock_api_circuit_breaker_state_changes_total", "increase("), None),
     "rejected calls": (uses("stock_api_circuit_breaker_rejected_calls_total", "rate("), "reqps"),
     "upstream calls by outcome": (

@@ -21,6 +21,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.settings import Settings
+from tests.conftest import make_settings
 from tests.servers import ROOT
 
 CONFIG = "prometheus/prometheus.yml"
@@ -37,6 +39,7 @@ EXPECTED_ALERTS = {
     "CircuitBreakerStuckOpen": "critical",
     "UpstreamErrorRatioHigh": "warning",
     "UpstreamRateLimited": "warning",
+    "UpstreamQuotaNearlySpent": "warning",
     "StockServiceHigh5xxRatio": "warning",
     "StockServiceDown": "critical",
 }
@@ -320,6 +323,12 @@ def test_the_expression_parser_finds_metrics_matchers_and_grouping() -> None:
 
 
 # -- against the service's exposition -------------------------------------------------------
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """The daily quota on (as with a real key), so that its series exist."""
+    return make_settings(upstream_daily_quota=25)
 
 
 async def test_alerts_select_only_metrics_and_labels_the_service_exports(
