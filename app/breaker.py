@@ -5,6 +5,16 @@ until `timeout` has passed; then the breaker is HALF_OPEN, which admits at most
 `half_open_max_calls` probes at a time and closes after `success_threshold` consecutive
 successes, or re-opens on the first failure.
 
+Two options, both off by default:
+- `failure_rate=FailureRate(...)`: CLOSED judges a window of recent calls instead, the last N
+  (a ring buffer) or those of the last T seconds (a ring of buckets of at most a second, as
+  resilience4j does, so memory does not grow with the call rate and a call leaves the window
+  between T - bucket and T seconds after it ended). Once the window holds `minimum_calls`, it
+  opens when the share of failures, or of slow calls, reaches its threshold.
+- `backoff=Backoff(...)`: each consecutive re-open from HALF_OPEN multiplies the open timeout,
+  with jitter and a cap, so a dependency that stays down is probed less and less often. The
+  first opening from CLOSED always waits exactly `timeout`; closing starts the count again.
+
 Design, after sony/gobreaker:
 - Transitions are lazy and computed from timestamps: no background tasks or timers.
 - Every state change starts a new generation. A call remembers the generation that admitted
@@ -22,19 +32,23 @@ Design, after sony/gobreaker:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import enum
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, ParamSpec, Protocol, TypeVar
 
 __all__ = [
+    "Backoff",
     "CircuitBreaker",
     "CircuitOpenError",
+    "FailureRate",
     "Listener",
     "Outcome",
     "Snapshot",
@@ -56,6 +70,10 @@ class State(enum.Enum):
 # Module constants: reading an enum member through its class costs a lookup on every call.
 _CLOSED, _OPEN, _HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
 
+# A time window of T seconds has ceil(T) buckets (each at most a second wide) up to this many;
+# a longer window gets wider buckets, so even an absurd window_seconds has bounded memory.
+_MAX_BUCKETS = 600
+
 
 class Outcome(enum.Enum):
     """How an admitted call ended, as far as the breaker is concerned."""
@@ -64,6 +82,80 @@ class Outcome(enum.Enum):
     FAILURE = "failure"  # an exception that is_failure counts
     IGNORED = "ignored"  # an exception that is_failure does not count
     CANCELLED = "cancelled"  # CancelledError (or another BaseException): no verdict
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRate:
+    """Open CLOSED on the share of failed (or slow) calls in a window, not on a run of them.
+
+    Set exactly one of `window_calls` (the last N calls) and `window_seconds` (the calls that
+    ended in the last T seconds, to within a bucket of at most a second); the default is a
+    count window, so a time window needs `window_calls=None`.
+    """
+
+    threshold: float  # open when failures / calls in the window >= this (0 < threshold <= 1)
+    minimum_calls: int = 10  # no verdict until the window holds this many calls
+    window_calls: int | None = 20
+    window_seconds: float | None = None
+    slow_call_seconds: float | None = None  # a call this long or longer is slow, whatever it did
+    slow_call_threshold: float = 1.0  # open when slow calls / calls >= this (0 < x <= 1)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if not 0 < self.slow_call_threshold <= 1:
+            raise ValueError(
+                f"slow_call_threshold must be in (0, 1], got {self.slow_call_threshold}"
+            )
+        if self.minimum_calls < 1:
+            raise ValueError(f"minimum_calls must be at least 1, got {self.minimum_calls}")
+        if (self.window_calls is None) == (self.window_seconds is None):
+            raise ValueError(
+                "set exactly one of window_calls and window_seconds "
+                "(window_calls=None for a time window)"
+            )
+        if self.window_calls is not None:
+            if self.window_calls < 1:
+                raise ValueError(f"window_calls must be at least 1, got {self.window_calls}")
+            # A count window never holds more than window_calls: it could never give a verdict.
+            if self.minimum_calls > self.window_calls:
+                raise ValueError(
+                    f"minimum_calls ({self.minimum_calls}) must not exceed "
+                    f"window_calls ({self.window_calls})"
+                )
+        if self.window_seconds is not None and not (
+            math.isfinite(self.window_seconds) and self.window_seconds > 0
+        ):
+            raise ValueError(
+                f"window_seconds must be a finite number of seconds > 0, got {self.window_seconds}"
+            )
+        if self.slow_call_seconds is not None and not (
+            math.isfinite(self.slow_call_seconds) and self.slow_call_seconds > 0
+        ):
+            raise ValueError(
+                "slow_call_seconds must be a finite number of seconds > 0, "
+                f"got {self.slow_call_seconds}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """The k-th consecutive re-open from HALF_OPEN stays open for
+    min(max_timeout, timeout * multiplier**k * uniform(1 - jitter, 1 + jitter))."""
+
+    multiplier: float = 2.0  # >= 1
+    max_timeout: float = 300.0  # seconds, >= 0
+    jitter: float = 0.1  # 0 <= jitter < 1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
+            raise ValueError(f"multiplier must be a finite number >= 1, got {self.multiplier}")
+        if not (math.isfinite(self.max_timeout) and self.max_timeout >= 0):
+            raise ValueError(
+                f"max_timeout must be a finite number of seconds >= 0, got {self.max_timeout}"
+            )
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
 
 
 class CircuitOpenError(Exception):
@@ -104,7 +196,7 @@ class Snapshot:
 
     name: str
     state: State
-    failure_count: int
+    failure_count: int  # consecutive failures, or in failure-rate mode failures in the window
     success_count: int
     failure_threshold: int
     success_threshold: int
@@ -114,6 +206,12 @@ class Snapshot:
     opened_at: float | None
     retry_after: float
     forced_open: bool
+    open_timeout: float  # of the current or latest opening, backoff included
+    reopens: int  # consecutive re-opens from HALF_OPEN since the breaker last closed
+    mode: Literal["consecutive", "failure_rate"]
+    window_calls: int  # calls in the window (0 in consecutive mode)
+    failure_rate: float | None  # over the window; None in consecutive mode or when it is empty
+    slow_call_rate: float | None  # likewise
 
 
 class Listener(Protocol):
@@ -133,6 +231,117 @@ def count_every_exception(exc: Exception) -> bool:
     return True
 
 
+class _Window(abc.ABC):
+    """The calls CLOSED settled lately, as running totals, and the verdict on them."""
+
+    __slots__ = ("_slow_after", "calls", "failures", "rate", "slow")
+
+    def __init__(self, rate: FailureRate) -> None:
+        self.rate = rate
+        # Without a slow-call limit no duration is slow, and 0 slow calls never reach a
+        # slow_call_threshold above 0: the verdict needs no branch for it.
+        self._slow_after = math.inf if rate.slow_call_seconds is None else rate.slow_call_seconds
+        self.calls = self.failures = self.slow = 0
+
+    def record(self, now: float, failed: bool, duration: float) -> bool:
+        """Add a settled call; True when the window now says to open."""
+        self._add(now, failed, duration >= self._slow_after)
+        calls, rate = self.calls, self.rate
+        return calls >= rate.minimum_calls and (
+            self.failures / calls >= rate.threshold or self.slow / calls >= rate.slow_call_threshold
+        )
+
+    @abc.abstractmethod
+    def _add(self, now: float, failed: bool, slow: bool) -> None: ...
+
+    @abc.abstractmethod
+    def expire(self, now: float) -> None:
+        """Forget the calls that have aged out by `now`."""
+
+    @abc.abstractmethod
+    def clear(self) -> None: ...
+
+
+class _CountWindow(_Window):
+    """The last N calls: a ring of flags (1 failed, 2 slow), O(1) per call."""
+
+    __slots__ = ("_next", "_ring")
+
+    def __init__(self, rate: FailureRate, size: int) -> None:
+        super().__init__(rate)
+        self._ring = bytearray(size)
+        self._next = 0
+
+    def _add(self, now: float, failed: bool, slow: bool) -> None:
+        ring, i = self._ring, self._next
+        if self.calls == len(ring):  # full: the oldest call, in this slot, drops out
+            old = ring[i]
+            self.failures -= old & 1
+            self.slow -= old >> 1
+        else:
+            self.calls += 1
+        ring[i] = failed | slow << 1
+        self.failures += failed
+        self.slow += slow
+        self._next = i + 1 if i + 1 < len(ring) else 0
+
+    def expire(self, now: float) -> None:
+        return None  # calls leave a count window only when newer ones push them out
+
+    def clear(self) -> None:
+        # Slots are read only once the ring is full, and by then all have been rewritten.
+        self.calls = self.failures = self.slow = self._next = 0
+
+
+class _TimeWindow(_Window):
+    """The calls of the last T seconds, in a ring of n buckets of T / n seconds each. Bucket
+    number floor(now / width) lives in slot number % n; the window is the newest n buckets,
+    so a call counts for between T - width and T seconds."""
+
+    __slots__ = ("_bucket_calls", "_bucket_failures", "_bucket_slow", "_head", "_width")
+
+    def __init__(self, rate: FailureRate, seconds: float, now: float) -> None:
+        super().__init__(rate)
+        n = min(math.ceil(seconds), _MAX_BUCKETS)
+        self._width = seconds / n
+        self._bucket_calls = [0] * n
+        self._bucket_failures = [0] * n
+        self._bucket_slow = [0] * n
+        self._head = math.floor(now / self._width)  # the newest bucket's number
+
+    def _add(self, now: float, failed: bool, slow: bool) -> None:
+        self.expire(now)
+        i = self._head % len(self._bucket_calls)
+        self._bucket_calls[i] += 1
+        self._bucket_failures[i] += failed
+        self._bucket_slow[i] += slow
+        self.calls += 1
+        self.failures += failed
+        self.slow += slow
+
+    def expire(self, now: float) -> None:
+        head = math.floor(now / self._width)
+        if head <= self._head:  # still the newest bucket (or a clock that stepped back)
+            return
+        n = len(self._bucket_calls)
+        if head - self._head >= n:
+            self.clear()
+        else:
+            # Empty the buckets between the old head and the new one, now the oldest.
+            for number in range(self._head + 1, head + 1):
+                i = number % n
+                self.calls -= self._bucket_calls[i]
+                self.failures -= self._bucket_failures[i]
+                self.slow -= self._bucket_slow[i]
+                self._bucket_calls[i] = self._bucket_failures[i] = self._bucket_slow[i] = 0
+        self._head = head
+
+    def clear(self) -> None:
+        n = len(self._bucket_calls)
+        self._bucket_calls, self._bucket_failures, self._bucket_slow = [0] * n, [0] * n, [0] * n
+        self.calls = self.failures = self.slow = 0
+
+
 class CircuitBreaker:
     def __init__(
         self,
@@ -145,6 +354,9 @@ class CircuitBreaker:
         is_failure: Callable[[Exception], bool] = count_every_exception,
         clock: Callable[[], float] = time.monotonic,
         listeners: Sequence[Listener] = (),
+        failure_rate: FailureRate | None = None,
+        backoff: Backoff | None = None,
+        random: Callable[[], float] = random.random,
     ) -> None:
         if not name:
             raise ValueError("name must not be empty")
@@ -167,12 +379,28 @@ class CircuitBreaker:
         self._clock = clock
         self._listeners = tuple(listeners)
         self._lock = asyncio.Lock()
+        self._backoff = backoff
+        self._random = random
+
+        self._window: _Window | None
+        if failure_rate is None:
+            self._window = None
+        elif failure_rate.window_calls is not None:
+            self._window = _CountWindow(failure_rate, failure_rate.window_calls)
+        else:
+            assert failure_rate.window_seconds is not None  # FailureRate checked it
+            self._window = _TimeWindow(failure_rate, failure_rate.window_seconds, clock())
+        # Whether every CLOSED call must be timed and settled, success or not. One flag, so
+        # the consecutive-mode fast path pays nothing for the failure-rate mode.
+        self._watched = bool(self._listeners) or self._window is not None
 
         self._state = State.CLOSED
         self._generation = 0
         self._failures = 0  # consecutive counted failures; kept while OPEN for display
         self._successes = 0  # consecutive successes in HALF_OPEN
         self._probes = 0  # calls in flight admitted by HALF_OPEN
+        self._reopens = 0  # consecutive re-opens from HALF_OPEN since the last close
+        self._open_timeout = self.timeout  # how long the current or latest opening lasts
         # Wall-clock times, for display only: every decision uses `clock`.
         self._opened_at: float | None = None
         self._open_until = 0.0
@@ -182,6 +410,15 @@ class CircuitBreaker:
     # -- reading -------------------------------------------------------------------------
 
     @property
+    def failure_rate(self) -> FailureRate | None:
+        """The failure-rate settings, or None in consecutive mode."""
+        return None if self._window is None else self._window.rate
+
+    @property
+    def backoff(self) -> Backoff | None:
+        return self._backoff
+
+    @property
     def state(self) -> State:
         """The state now. Reading it after the open timeout moves OPEN to HALF_OPEN."""
         self._refresh()
@@ -189,10 +426,18 @@ class CircuitBreaker:
 
     def snapshot(self) -> Snapshot:
         now = self._refresh()
+        window = self._window
+        if window is None:
+            failures, calls, failure_rate, slow_call_rate = self._failures, 0, None, None
+        else:
+            window.expire(now)
+            failures, calls = window.failures, window.calls
+            failure_rate = failures / calls if calls else None
+            slow_call_rate = window.slow / calls if calls else None
         return Snapshot(
             name=self.name,
             state=self._state,
-            failure_count=self._failures,
+            failure_count=failures,
             success_count=self._successes,
             failure_threshold=self.failure_threshold,
             success_threshold=self.success_threshold,
@@ -202,6 +447,12 @@ class CircuitBreaker:
             opened_at=self._opened_at,
             retry_after=self._retry_after(now) if self._state is State.OPEN else 0.0,
             forced_open=self._forced,
+            open_timeout=self._open_timeout,
+            reopens=self._reopens,
+            mode="consecutive" if window is None else "failure_rate",
+            window_calls=calls,
+            failure_rate=failure_rate,
+            slow_call_rate=slow_call_rate,
         )
 
     def _retry_after(self, now: float) -> float:
@@ -215,16 +466,17 @@ class CircuitBreaker:
         state = self._state
         if state is _CLOSED:
             # The path nearly every call takes, stripped to what it needs: a CLOSED admission
-            # writes nothing, and a success only writes when there are failures to forget.
+            # writes nothing, and a success only writes when there are failures to forget or
+            # someone watches every call (listeners, a failure-rate window).
             generation = self._generation
-            listeners = self._listeners
-            started = self._clock() if listeners else 0.0
+            watched = self._watched
+            started = self._clock() if watched else 0.0
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 self._settle(generation, False, exc, started)
                 raise
-            if self._failures or listeners:
+            if self._failures or watched:
                 self._settle(generation, False, None, started)
             return result
         if state is _OPEN:
@@ -296,26 +548,36 @@ class CircuitBreaker:
         else:
             outcome = Outcome.FAILURE
 
+        now = self._clock()
         transition: tuple[State, State] | None = None
         if generation == self._generation:  # otherwise the result is stale: it changes nothing
-            now = self._clock()
             if probe:
                 self._probes -= 1
+            window = self._window
             if outcome is Outcome.SUCCESS:
-                if self._state is _CLOSED:
-                    self._failures = 0
-                else:
+                if self._state is not _CLOSED:
                     self._successes += 1
                     if self._successes >= self.success_threshold:
                         transition = self._set_state(_CLOSED, now)
+                elif window is None:
+                    self._failures = 0
+                elif window.record(now, False, now - started):
+                    transition = self._open(now, self.timeout)
             elif outcome is Outcome.FAILURE:
                 self._last_failure_time = time.time()
-                self._failures += 1
-                if self._state is _HALF_OPEN or self._failures >= self.failure_threshold:
-                    transition = self._set_state(_OPEN, now)
+                if self._state is _HALF_OPEN:
+                    self._failures += 1
+                    self._reopens += 1
+                    transition = self._open(now, self._reopen_timeout())
+                elif window is None:
+                    self._failures += 1
+                    if self._failures >= self.failure_threshold:
+                        transition = self._open(now, self.timeout)
+                elif window.record(now, True, now - started):
+                    transition = self._open(now, self.timeout)
 
         if self._listeners:
-            duration = self._clock() - started
+            duration = now - started
             self._emit(lambda listener: listener.call_finished(self, outcome, duration))
         if transition is not None:
             self._emit_transition(transition)
@@ -326,7 +588,7 @@ class CircuitBreaker:
         """Open the breaker and keep it open until reset()."""
         now = self._refresh()
         old = self._state
-        self._set_state(State.OPEN, now)
+        self._open(now, self.timeout)  # the timeout it reports; it lasts until reset()
         self._forced = True
         self._open_until = math.inf
         if old is not State.OPEN:
@@ -356,17 +618,38 @@ class CircuitBreaker:
             return self._set_state(State.HALF_OPEN, now)
         return None
 
+    def _open(self, now: float, timeout: float) -> tuple[State, State]:
+        transition = self._set_state(State.OPEN, now)
+        self._open_timeout = timeout
+        self._open_until = now + timeout
+        return transition
+
+    def _reopen_timeout(self) -> float:
+        """The open timeout of the k-th consecutive re-open, k = self._reopens >= 1."""
+        backoff = self._backoff
+        if backoff is None:
+            return self.timeout
+        try:
+            grown = self.timeout * backoff.multiplier**self._reopens
+        except OverflowError:  # multiplier**k past 1e308: long past any cap (unless timeout is 0)
+            grown = math.inf if self.timeout else 0.0
+        jittered = grown * (1 + backoff.jitter * (2 * self._random() - 1))
+        return float(min(backoff.max_timeout, jittered))
+
     def _set_state(self, new: State, now: float) -> tuple[State, State]:
+        """Change state (callers opening use _open, which also sets the timeout)."""
         old = self._state
         self._state = new
         self._generation += 1
         self._successes = 0
         self._probes = 0
+        if self._window is not None:
+            self._window.clear()
         if new is State.OPEN:
             self._opened_at = time.time()
-            self._open_until = now + self.timeout
         elif new is State.CLOSED:
             self._failures = 0
+            self._reopens = 0
             self._opened_at = None
             self._forced = False
         else:
@@ -403,7 +686,7 @@ class Guard:
     async def __aenter__(self) -> None:
         breaker = self._breaker
         self._generation, self._probe = await breaker._admit()
-        self._started = breaker._clock() if breaker._listeners else 0.0
+        self._started = breaker._clock() if breaker._watched else 0.0
 
     async def __aexit__(
         self,

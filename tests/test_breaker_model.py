@@ -1,9 +1,11 @@
 """Random sequences of calls, outcomes, clock moves and manual control, checked step by step
-against a small reference model of the breaker's semantics."""
+against a small reference model of the breaker's semantics: consecutive counting or a
+failure-rate window (last N calls, or last T seconds in buckets), with or without backoff."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 
 from hypothesis import settings
@@ -16,10 +18,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from app.breaker import CircuitBreaker, CircuitOpenError, State
+from app.breaker import Backoff, CircuitBreaker, CircuitOpenError, FailureRate, State
 from tests.conftest import FakeClock
 
 TIMEOUT = 10.0
+# The breaker's random() in turn; the jittered timeouts they give stay exact in binary.
+RANDOMS = (0.0, 1.0, 0.5, 0.25)
 
 
 class Counted(Exception):
@@ -34,59 +38,143 @@ async def wait_for_upstream(upstream: asyncio.Future[str]) -> str:
     return await upstream
 
 
+class Draws:
+    """A deterministic random(): RANDOMS over and over, counting the draws."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> float:
+        value = RANDOMS[self.count % len(RANDOMS)]
+        self.count += 1
+        return value
+
+
+@st.composite
+def failure_rates(draw: st.DrawFn) -> FailureRate:
+    minimum = draw(st.integers(1, 4))
+    count_window = draw(st.booleans())
+    return FailureRate(
+        threshold=draw(st.sampled_from([0.25, 0.5, 0.6, 1.0])),
+        minimum_calls=minimum,
+        window_calls=draw(st.integers(minimum, 5)) if count_window else None,
+        window_seconds=None if count_window else draw(st.sampled_from([7.5, 20.0])),
+        slow_call_seconds=draw(st.sampled_from([None, 5.0])),
+        slow_call_threshold=draw(st.sampled_from([0.5, 1.0])),
+    )
+
+
+backoffs = st.builds(
+    Backoff,
+    multiplier=st.sampled_from([1.0, 1.5, 2.0]),
+    max_timeout=st.sampled_from([15.0, 40.0]),
+    jitter=st.sampled_from([0.0, 0.5]),
+)
+
+
 @dataclass
 class Model:
     failure_threshold: int
     success_threshold: int
     max_probes: int
+    rate: FailureRate | None = None
+    backoff: Backoff | None = None
     state: State = State.CLOSED
     generation: int = 0
-    failures: int = 0
+    failures: int = 0  # consecutive mode only
     successes: int = 0
     open_until: float = 0.0
+    open_timeout: float = TIMEOUT
+    reopens: int = 0
+    draws: int = 0
     forced: bool = False
-    tickets: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    tickets: dict[int, tuple[int, bool, float]] = field(default_factory=dict)
+    calls: list[tuple[float, bool, bool]] = field(default_factory=list)  # (ended, failed, slow)
 
-    def move(self, state: State, now: float) -> None:
+    def move(self, state: State, now: float, timeout: float = TIMEOUT) -> None:
         self.state = state
         self.generation += 1
         self.successes = 0
+        self.calls.clear()
         if state is State.OPEN:
-            self.open_until = now + TIMEOUT
+            self.open_timeout = timeout
+            self.open_until = now + timeout
         else:
             self.failures = 0
             if state is State.CLOSED:
                 self.forced = False
+                self.reopens = 0
 
     def observe(self, now: float) -> State:
         if self.state is State.OPEN and not self.forced and now >= self.open_until:
             self.move(State.HALF_OPEN, now)
         return self.state
 
+    def window(self, now: float) -> list[tuple[float, bool, bool]]:
+        """The calls the window holds at `now`: the last N, or those in the newest n buckets."""
+        assert self.rate is not None
+        if self.rate.window_calls is not None:
+            return self.calls[-self.rate.window_calls :]
+        assert self.rate.window_seconds is not None
+        buckets = math.ceil(self.rate.window_seconds)
+        width = self.rate.window_seconds / buckets
+        newest = math.floor(now / width)
+        return [c for c in self.calls if math.floor(c[0] / width) > newest - buckets]
+
+    def counts(self, now: float) -> tuple[int, int, int]:
+        """(calls, failures, slow calls) in the window at `now`."""
+        calls = self.window(now)
+        return len(calls), sum(c[1] for c in calls), sum(c[2] for c in calls)
+
     def probes(self) -> int:
-        return sum(1 for gen, probe in self.tickets.values() if probe and gen == self.generation)
+        return sum(1 for gen, probe, _ in self.tickets.values() if probe and gen == self.generation)
 
     def admit(self, call_id: int, now: float) -> bool:
         state = self.observe(now)
         if state is State.OPEN or (state is State.HALF_OPEN and self.probes() >= self.max_probes):
             return False
-        self.tickets[call_id] = (self.generation, state is State.HALF_OPEN)
+        self.tickets[call_id] = (self.generation, state is State.HALF_OPEN, now)
         return True
 
+    def reopen_timeout(self) -> float:
+        if self.backoff is None:
+            return TIMEOUT
+        random = RANDOMS[self.draws % len(RANDOMS)]
+        self.draws += 1
+        jitter = 1 + self.backoff.jitter * (2 * random - 1)
+        return min(
+            self.backoff.max_timeout, TIMEOUT * self.backoff.multiplier**self.reopens * jitter
+        )
+
     def finish(self, call_id: int, outcome: str, now: float) -> None:
-        generation, _ = self.tickets.pop(call_id)
+        generation, _, started = self.tickets.pop(call_id)
         if generation != self.generation or outcome in ("neutral", "cancel"):
             return
-        if outcome == "success":
-            if self.state is State.CLOSED:
-                self.failures = 0
+        failed = outcome == "failure"
+        if self.state is State.HALF_OPEN:
+            if failed:
+                self.failures += 1
+                self.reopens += 1
+                self.move(State.OPEN, now, self.reopen_timeout())
             else:
                 self.successes += 1
                 if self.successes >= self.success_threshold:
                     self.move(State.CLOSED, now)
+        elif self.rate is None:
+            self.failures = self.failures + 1 if failed else 0
+            if self.failures >= self.failure_threshold:
+                self.move(State.OPEN, now)
         else:
-            self.failures += 1
-            if self.state is State.HALF_OPEN or self.failures >= self.failure_threshold:
+            slow = (
+                self.rate.slow_call_seconds is not None
+                and now - started >= self.rate.slow_call_seconds
+            )
+            self.calls.append((now, failed, slow))
+            calls, failures, slows = self.counts(now)
+            if calls >= self.rate.minimum_calls and (
+                failures / calls >= self.rate.threshold
+                or slows / calls >= self.rate.slow_call_threshold
+            ):
                 self.move(State.OPEN, now)
 
 
@@ -102,8 +190,18 @@ class BreakerMachine(RuleBasedStateMachine):
         failure_threshold=st.integers(1, 4),
         success_threshold=st.integers(1, 3),
         max_probes=st.integers(1, 3),
+        rate=st.none() | failure_rates(),
+        backoff=st.none() | backoffs,
     )
-    def configure(self, failure_threshold: int, success_threshold: int, max_probes: int) -> None:
+    def configure(
+        self,
+        failure_threshold: int,
+        success_threshold: int,
+        max_probes: int,
+        rate: FailureRate | None,
+        backoff: Backoff | None,
+    ) -> None:
+        self.draws = Draws()
         self.breaker = CircuitBreaker(
             "model",
             failure_threshold=failure_threshold,
@@ -112,8 +210,11 @@ class BreakerMachine(RuleBasedStateMachine):
             half_open_max_calls=max_probes,
             is_failure=lambda exc: isinstance(exc, Counted),
             clock=self.clock,
+            failure_rate=rate,
+            backoff=backoff,
+            random=self.draws,
         )
-        self.model = Model(failure_threshold, success_threshold, max_probes)
+        self.model = Model(failure_threshold, success_threshold, max_probes, rate, backoff)
 
     def teardown(self) -> None:
         for task, _ in self.running.values():
@@ -185,14 +286,35 @@ class BreakerMachine(RuleBasedStateMachine):
     def agrees_with_model(self) -> None:
         if not hasattr(self, "model"):
             return
-        expected = self.model.observe(self.clock.now)
+        model, now = self.model, self.clock.now
+        expected = model.observe(now)
         snap = self.breaker.snapshot()
         assert snap.state is expected
-        assert snap.failure_count == self.model.failures
-        assert snap.success_count == self.model.successes
-        assert snap.forced_open == self.model.forced
-        assert self.breaker._probes == self.model.probes() <= self.model.max_probes
+        assert snap.success_count == model.successes
+        assert snap.forced_open == model.forced
+        assert self.breaker._probes == model.probes() <= model.max_probes
         assert (snap.retry_after > 0) == (expected is State.OPEN)
+        if expected is State.OPEN:
+            left = TIMEOUT if model.forced else model.open_until - now
+            assert math.isclose(snap.retry_after, left, abs_tol=1e-9)
+        assert (snap.open_timeout, snap.reopens) == (model.open_timeout, model.reopens)
+        assert self.draws.count == model.draws  # one draw per backed-off re-open, no more
+        if model.rate is None:
+            assert (snap.mode, snap.failure_count, snap.window_calls) == (
+                "consecutive",
+                model.failures,
+                0,
+            )
+            assert (snap.failure_rate, snap.slow_call_rate) == (None, None)
+        else:
+            calls, failures, slows = model.counts(now)
+            assert (snap.mode, snap.failure_count, snap.window_calls) == (
+                "failure_rate",
+                failures,
+                calls,
+            )
+            assert snap.failure_rate == (failures / calls if calls else None)
+            assert snap.slow_call_rate == (slows / calls if calls else None)
 
 
 BreakerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
