@@ -317,6 +317,9 @@ def test_demo_service_uses_the_simulator(services: dict[str, dict[str, Any]]) ->
     environment = service["environment"]
     assert environment["ALPHAVANTAGE_BASE_URL"] == "http://simulator:8081/query"
     assert environment["ALPHAVANTAGE_API_KEY"]
+    # Pacing and the daily quota off, as `make run` has them against the simulator.
+    assert environment["UPSTREAM_RATE_PER_SECOND"] == "${UPSTREAM_RATE_PER_SECOND:-0}"
+    assert environment["UPSTREAM_DAILY_QUOTA"] == "${UPSTREAM_DAILY_QUOTA:-0}"
     assert demo["simulator"]["command"][:3] == ["python", "-m", "app.simulator"]
 
 
@@ -347,3 +350,14 @@ def test_stop_grace_period_outlasts_drain_and_graceful_shutdown(
 def test_every_service_restarts_unless_stopped(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         assert service.get("restart") == "unless-stopped", name
+
+
+@pytest.mark.parametrize("document", [".env.example", "README.md"])
+def test_every_setting_is_documented(document: str) -> None:
+    text = (ROOT / document).read_text()
+    missing = [
+        name.upper()
+        for name in Settings.model_fields
+        if not re.search(rf"^(\| `)?{name.upper()}\b", text, re.MULTILINE)
+    ]
+    assert not missing, f"{document} does not document {missing}"
