@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from typing import Annotated
 
-import httpx
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.breaker import CircuitBreaker
-from app.limits import Bulkhead, UpstreamLimits
-from app.metrics import Metrics
-from app.rendering import Renderer
-from app.service import StockService
-from app.settings import Settings
-
-
-@dataclass(frozen=True, slots=True)
-class Resources:
-    """Everything the lifespan builds; one set per running app."""
-
-    settings: Settings
-    http: httpx.AsyncClient
-    breakers: tuple[CircuitBreaker, ...]  # one, or one per upstream function (BREAKER_SCOPE)
-    bulkheads: tuple[Bulkhead, ...]  # one per breaker
-    limits: UpstreamLimits
-    metrics: Metrics
-    service: StockService
-    renderer: Renderer
-
+from app.resources import Resources
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` one in a worker thread,
 # which costs more than the whole rest of a cached answer.

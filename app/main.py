@@ -19,25 +19,18 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import alphavantage
-from app.alphavantage import AlphaVantageClient
-from app.breaker import Backoff, CircuitBreaker, CircuitOpenError, FailureRate
-from app.cache import TTLCache
-from app.deps import Resources
+from app.breaker import CircuitOpenError
 from app.errors import RateLimited, Throttled, UnknownSymbol, UpstreamError, UpstreamTimeout
-from app.limits import Bulkhead, DailyQuota, TokenBucket, UpstreamLimits
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
-from app.models import DailySeries, Quote
-from app.rendering import Renderer
+from app.resources import build_resources, upstream_connections
 from app.routes import breaker as breaker_routes
 from app.routes import ops, stock, upstream
-from app.service import Lane, StockService
 from app.settings import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
-BREAKER_NAME = "alphavantage"  # the shared breaker; with BREAKER_SCOPE=function, a prefix
 SYMBOL_RULE = "must be 1 to 20 letters or digits, in groups joined by single '.' or '-'"
 ROUTES = (
     "/stock/{symbol}",
@@ -140,93 +133,6 @@ def drain_on_sigterm(app: FastAPI, drain_seconds: float) -> Callable[[], None]:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     return restore
-
-
-def upstream_connections(settings: Settings) -> int:
-    """The httpx pool's size: every bulkhead slot of every lane can hold a connection."""
-    lanes = len(alphavantage.FUNCTIONS) if settings.breaker_scope == "function" else 1
-    return settings.upstream_max_concurrency * lanes
-
-
-def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> Resources:
-    if settings.breaker_scope == "function":
-        names = {f: f"{BREAKER_NAME}_{f.lower()}" for f in alphavantage.FUNCTIONS}
-    else:
-        names = dict.fromkeys(alphavantage.FUNCTIONS, BREAKER_NAME)
-    lanes_by_name = {name: build_lane(name, settings, metrics) for name in names.values()}
-    lanes = {function: lanes_by_name[name] for function, name in names.items()}
-    limits = UpstreamLimits(
-        pacing=(
-            TokenBucket(settings.upstream_rate_per_second, settings.upstream_burst)
-            if settings.upstream_rate_per_second > 0
-            else None
-        ),
-        quota=DailyQuota(settings.upstream_daily_quota) if settings.upstream_daily_quota else None,
-        max_wait=settings.upstream_max_wait_seconds,
-    )
-    bulkheads = tuple(lane.bulkhead for lane in lanes_by_name.values())
-    metrics.watch_limits(limits, bulkheads)
-    client = AlphaVantageClient(
-        http,
-        api_key=settings.alphavantage_api_key,
-        base_url=settings.alphavantage_base_url,
-        timeout=settings.upstream_timeout_seconds,
-        max_body_bytes=settings.upstream_max_body_bytes,
-        max_concurrency=upstream_connections(settings),
-    )
-    cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
-        ttl=settings.cache_ttl_seconds,
-        stale=settings.cache_stale_seconds,
-        max_entries=settings.cache_max_entries,
-    )
-    service = StockService(client, lanes, limits, cache, metrics)
-    return Resources(
-        settings=settings,
-        http=http,
-        breakers=tuple(lane.breaker for lane in lanes_by_name.values()),
-        bulkheads=bulkheads,
-        limits=limits,
-        metrics=metrics,
-        service=service,
-        renderer=Renderer(),
-    )
-
-
-def build_lane(name: str, settings: Settings, metrics: Metrics) -> Lane:
-    breaker = CircuitBreaker(
-        name,
-        failure_threshold=settings.breaker_failure_threshold,
-        success_threshold=settings.breaker_success_threshold,
-        timeout=settings.breaker_timeout_seconds,
-        half_open_max_calls=settings.breaker_half_open_max_calls,
-        failure_rate=failure_rate(settings),
-        backoff=Backoff(
-            multiplier=settings.breaker_backoff_multiplier,
-            # Never shorter than the first opening: a backoff must not shorten anything.
-            max_timeout=max(settings.breaker_backoff_max_seconds, settings.breaker_timeout_seconds),
-            jitter=settings.breaker_backoff_jitter,
-        ),
-        # An unknown symbol is a good answer about a bad question, and a throttled call was
-        # never made: neither says anything about Alpha Vantage's health.
-        is_failure=lambda exc: not isinstance(exc, (UnknownSymbol, Throttled)),
-        listeners=[metrics],
-    )
-    metrics.watch(breaker)
-    return Lane(breaker, Bulkhead(name, settings.upstream_max_concurrency))
-
-
-def failure_rate(settings: Settings) -> FailureRate | None:
-    if settings.breaker_mode == "consecutive":
-        return None
-    count = settings.breaker_window == "count"
-    return FailureRate(
-        threshold=settings.breaker_failure_rate_threshold,
-        minimum_calls=settings.breaker_minimum_calls,
-        window_calls=settings.breaker_window_size if count else None,
-        window_seconds=None if count else settings.breaker_window_size,
-        slow_call_seconds=settings.breaker_slow_call_seconds or None,
-        slow_call_threshold=settings.breaker_slow_call_rate_threshold,
-    )
 
 
 def add_error_handlers(app: FastAPI) -> None:
