@@ -30,7 +30,11 @@ ERRORS: dict[int | str, dict[str, object]] = {
         (404, "Alpha Vantage does not know the symbol"),
         (422, "Malformed symbol or days"),
         (502, "Alpha Vantage failed or refused (bad key, premium only, bad answer)"),
-        (503, "Rate-limited, or the circuit breaker is open with no stale copy (Retry-After)"),
+        (
+            503,
+            "Rate-limited, held back by pacing, quota or bulkhead, or the circuit breaker is "
+            "open, with no stale copy (Retry-After)",
+        ),
         (504, "Alpha Vantage did not answer in time"),
     )
 }
