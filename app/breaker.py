@@ -8,9 +8,10 @@ successes, or re-opens on the first failure.
 Two options, both off by default:
 - `failure_rate=FailureRate(...)`: CLOSED judges a window of recent calls instead, the last N
   (a ring buffer) or those of the last T seconds (a ring of buckets of at most a second, as
-  resilience4j does, so memory does not grow with the call rate and a call leaves the window
+  resilience4j does, so memory does not grow with the call rate; a call leaves the window
   between T - bucket and T seconds after it ended). Once the window holds `minimum_calls`, it
-  opens when the share of failures, or of slow calls, reaches its threshold.
+  opens when the share of failures, or of slow calls, reaches its threshold. The window
+  starts empty at every state change.
 - `backoff=Backoff(...)`: each consecutive re-open from HALF_OPEN multiplies the open timeout,
   with jitter and a cap, so a dependency that stays down is probed less and less often. The
   first opening from CLOSED always waits exactly `timeout`; closing starts the count again.
@@ -89,8 +90,8 @@ class FailureRate:
     """Open CLOSED on the share of failed (or slow) calls in a window, not on a run of them.
 
     Set exactly one of `window_calls` (the last N calls) and `window_seconds` (the calls that
-    ended in the last T seconds, to within a bucket of at most a second); the default is a
-    count window, so a time window needs `window_calls=None`.
+    ended in the last T seconds, to within a bucket: a second, or T / 600 past 600 seconds);
+    the default is a count window, so a time window needs `window_calls=None`.
     """
 
     threshold: float  # open when failures / calls in the window >= this (0 < threshold <= 1)
@@ -558,7 +559,7 @@ class CircuitBreaker:
                 if self._state is not _CLOSED:
                     self._successes += 1
                     if self._successes >= self.success_threshold:
-                        transition = self._set_state(_CLOSED, now)
+                        transition = self._set_state(_CLOSED)
                 elif window is None:
                     self._failures = 0
                 elif window.record(now, False, now - started):
@@ -566,7 +567,7 @@ class CircuitBreaker:
             elif outcome is Outcome.FAILURE:
                 self._last_failure_time = time.time()
                 if self._state is _HALF_OPEN:
-                    self._failures += 1
+                    self._failures += 1  # shown while OPEN, as after a trip from CLOSED
                     self._reopens += 1
                     transition = self._open(now, self._reopen_timeout())
                 elif window is None:
@@ -596,9 +597,9 @@ class CircuitBreaker:
 
     def reset(self) -> None:
         """Back to CLOSED with every counter cleared."""
-        now = self._refresh()
+        self._refresh()
         old = self._state
-        self._set_state(State.CLOSED, now)
+        self._set_state(State.CLOSED)
         self._last_failure_time = None
         if old is not State.CLOSED:
             self._emit_transition((old, State.CLOSED))
@@ -615,11 +616,11 @@ class CircuitBreaker:
 
     def _expire(self, now: float) -> tuple[State, State] | None:
         if self._state is State.OPEN and now >= self._open_until:
-            return self._set_state(State.HALF_OPEN, now)
+            return self._set_state(State.HALF_OPEN)
         return None
 
     def _open(self, now: float, timeout: float) -> tuple[State, State]:
-        transition = self._set_state(State.OPEN, now)
+        transition = self._set_state(State.OPEN)
         self._open_timeout = timeout
         self._open_until = now + timeout
         return transition
@@ -636,7 +637,7 @@ class CircuitBreaker:
         jittered = grown * (1 + backoff.jitter * (2 * self._random() - 1))
         return float(min(backoff.max_timeout, jittered))
 
-    def _set_state(self, new: State, now: float) -> tuple[State, State]:
+    def _set_state(self, new: State) -> tuple[State, State]:
         """Change state (callers opening use _open, which also sets the timeout)."""
         old = self._state
         self._state = new

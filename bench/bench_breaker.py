@@ -3,6 +3,10 @@
 Run with `make bench-breaker`. Each figure is the best of several rounds, in microseconds per
 call; the ratio divides it by the matching bare baseline (a bare await for the success and
 rejection paths, a bare await that raises and is caught for the failure path).
+
+The failure-rate rows record every call in a window: the last N calls, or the last 60 seconds.
+So that a run of failures cannot trip them, the threshold is 1.0 (a window that ever held a
+success never reaches it) and minimum_calls is more calls than the whole run makes.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import circuitbreaker
 import purgatory
 from purgatory.domain.model import OpenedState
 
-from app.breaker import CircuitBreaker, CircuitOpenError, Listener
+from app.breaker import CircuitBreaker, CircuitOpenError, FailureRate, Listener
 from app.metrics import Metrics
 
 CALLS = 100_000
 ROUNDS = 7
 NEVER = 10**9  # a failure threshold no benchmark reaches
+RUN_CALLS = 2 * ROUNDS * CALLS  # the calls one closed breaker sees: success, then failure path
 
 
 class Boom(Exception):
@@ -83,9 +88,13 @@ class Paths:
         self.rejection, self.rejected = rejection, rejected
 
 
-def ours(label: str, listeners: list[Listener]) -> tuple[Paths, list[CircuitBreaker]]:
-    closed = CircuitBreaker("bench", failure_threshold=NEVER, listeners=listeners)
-    opened = CircuitBreaker("bench-open", listeners=listeners)
+def ours(
+    label: str, listeners: list[Listener], failure_rate: FailureRate | None = None
+) -> tuple[Paths, list[CircuitBreaker]]:
+    closed = CircuitBreaker(
+        "bench", failure_threshold=NEVER, listeners=listeners, failure_rate=failure_rate
+    )
+    opened = CircuitBreaker("bench-open", listeners=listeners, failure_rate=failure_rate)
     opened.force_open()
     paths = Paths(
         label,
@@ -160,6 +169,16 @@ async def main() -> None:
     candidates = [
         ours("app.breaker", [])[0],
         with_prometheus("app.breaker + Prometheus listener"),
+        ours(
+            "app.breaker, failure rate, N calls",
+            [],
+            FailureRate(1.0, minimum_calls=RUN_CALLS + 1, window_calls=RUN_CALLS + 1),
+        )[0],
+        ours(
+            "app.breaker, failure rate, 60 s",
+            [],
+            FailureRate(1.0, minimum_calls=NEVER, window_calls=None, window_seconds=60),
+        )[0],
         aiobreaker_paths(),
         await purgatory_paths(),
         await circuitbreaker_paths(),

@@ -874,6 +874,38 @@ async def test_slow_calls_trip_even_when_all_succeed(clock: FakeClock) -> None:
     assert breaker.state is State.OPEN
 
 
+async def test_slow_calls_slide_out_of_a_count_window(clock: FakeClock) -> None:
+    rate = FailureRate(
+        1.0, minimum_calls=3, window_calls=3, slow_call_seconds=1.0, slow_call_threshold=0.6
+    )
+    breaker = make(clock, failure_rate=rate)
+
+    async def slow() -> str:
+        clock.advance(1.0)
+        return "ok"
+
+    await breaker.call(slow)
+    for _ in range(4):
+        await breaker.call(ok)
+    snap = breaker.snapshot()
+    assert (snap.window_calls, snap.slow_call_rate) == (3, 0.0)
+    await breaker.call(slow)
+    assert state_of(breaker) is State.CLOSED  # 1 of 3: the first slow call is long gone
+    await breaker.call(slow)
+    assert state_of(breaker) is State.OPEN  # 2 of 3
+
+
+async def test_a_guarded_block_is_timed_from_its_start(clock: FakeClock) -> None:
+    rate = FailureRate(1.0, minimum_calls=2, window_calls=10, slow_call_seconds=1.0)
+    breaker = make(clock, failure_rate=rate)
+    async with breaker.guard():
+        clock.advance(0.5)
+    assert breaker.snapshot().slow_call_rate == 0.0
+    async with breaker.guard():
+        clock.advance(1.0)
+    assert breaker.snapshot().slow_call_rate == 0.5
+
+
 async def test_a_slow_failure_counts_as_both(clock: FakeClock) -> None:
     rate = FailureRate(0.5, minimum_calls=2, window_calls=10, slow_call_seconds=1.0)
     breaker = make(clock, failure_rate=rate)

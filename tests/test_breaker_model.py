@@ -24,6 +24,7 @@ from tests.conftest import FakeClock
 TIMEOUT = 10.0
 # The breaker's random() in turn; the jittered timeouts they give stay exact in binary.
 RANDOMS = (0.0, 1.0, 0.5, 0.25)
+OUTCOMES = ["success", "failure", "neutral", "cancel"]
 
 
 class Counted(Exception):
@@ -229,9 +230,12 @@ class BreakerMachine(RuleBasedStateMachine):
 
         self.loop.run_until_complete(ticks())
 
-    @rule(count=st.integers(1, 4))
-    def start_calls(self, count: int) -> None:
-        """`count` callers arrive in the same event-loop tick."""
+    @rule(count=st.integers(1, 4), after=st.sampled_from([0.0, 0.0, 10.0]))
+    def start_calls(self, count: int, after: float) -> None:
+        """`count` callers arrive in the same event-loop tick, `after` seconds from now (a
+        way past an open timeout even in examples where swarm testing disables
+        advance_clock)."""
+        self.clock.advance(after)
         started = []
         for _ in range(count):
             call_id, self.next_id = self.next_id, self.next_id + 1
@@ -248,10 +252,7 @@ class BreakerMachine(RuleBasedStateMachine):
                 assert task.done()
                 assert isinstance(task.exception(), CircuitOpenError)
 
-    @precondition(lambda self: bool(self.running))
-    @rule(data=st.data(), outcome=st.sampled_from(["success", "failure", "neutral", "cancel"]))
-    def finish_call(self, data: st.DataObject, outcome: str) -> None:
-        call_id = data.draw(st.sampled_from(sorted(self.running)))
+    def finish(self, call_id: int, outcome: str) -> None:
         task, upstream = self.running.pop(call_id)
         if outcome == "success":
             upstream.set_result("ok")
@@ -265,22 +266,35 @@ class BreakerMachine(RuleBasedStateMachine):
         assert task.done()
         self.model.finish(call_id, outcome, self.clock.now)
 
+    @precondition(lambda self: bool(self.running))
+    @rule(data=st.data(), outcome=st.sampled_from(OUTCOMES))
+    def finish_call(self, data: st.DataObject, outcome: str) -> None:
+        self.finish(data.draw(st.sampled_from(sorted(self.running))), outcome)
+
+    @precondition(lambda self: bool(self.running))
+    @rule(outcome=st.sampled_from(OUTCOMES))
+    def finish_all(self, outcome: str) -> None:
+        """Every call in flight ends the same way, one after another: reaches a trip, a close
+        or a re-open (what backoff is about) in a few steps."""
+        for call_id in sorted(self.running):
+            self.finish(call_id, outcome)
+
     @rule(seconds=st.sampled_from([0.5, 5.0, 9.99, 10.0, 25.0]))
     def advance_clock(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
-    @rule()
-    def reset(self) -> None:
-        self.breaker.reset()
+    # One rule for both, so that they take fewer of the steps and leave the breaker time to
+    # reach HALF_OPEN and re-open on its own.
+    @rule(reset=st.booleans())
+    def manual_control(self, reset: bool) -> None:
         self.model.observe(self.clock.now)
-        self.model.move(State.CLOSED, self.clock.now)
-
-    @rule()
-    def force_open(self) -> None:
-        self.breaker.force_open()
-        self.model.observe(self.clock.now)
-        self.model.move(State.OPEN, self.clock.now)
-        self.model.forced = True
+        if reset:
+            self.breaker.reset()
+            self.model.move(State.CLOSED, self.clock.now)
+        else:
+            self.breaker.force_open()
+            self.model.move(State.OPEN, self.clock.now)
+            self.model.forced = True
 
     @invariant()
     def agrees_with_model(self) -> None:
@@ -317,5 +331,5 @@ class BreakerMachine(RuleBasedStateMachine):
             assert snap.slow_call_rate == (slows / calls if calls else None)
 
 
-BreakerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+BreakerMachine.TestCase.settings = settings(max_examples=500, stateful_step_count=40, deadline=None)
 test_breaker_matches_model = BreakerMachine.TestCase
