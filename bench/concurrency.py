@@ -6,8 +6,10 @@ writes all the requests in one go. The client speaks raw HTTP/1.1 over uvloop st
 0.2 ms of CPU per request, where httpx.AsyncClient with 10,000 requests queued in its pool
 spent 137 s of CPU (httpcore's pool bookkeeping grows with the queue). Phases:
 
-  A1 simulator slow (2 s): 10,000 GETs over 100 symbols (the service's upstream pool size)
-  A2 the same over 1,000 symbols: 10 requests per symbol, 900 calls queued for the pool
+  A1 simulator slow (2 s): 10,000 GETs over 100 symbols, 100 requests per symbol
+  A2 the same over 1,000 symbols: 10 requests per symbol
+  (the bulkhead, UPSTREAM_MAX_CONCURRENCY=4, lets 4 calls at a time reach the slow upstream;
+  the rest wait UPSTREAM_MAX_WAIT_SECONDS at most, then get a 503)
   B  a fresh service, simulator down, breaker tripped by 5 real failures: 10,000 uncached
      symbols, which must all get 503 with no upstream call
   C  a fresh service with BREAKER_TIMEOUT_SECONDS=3, tripped, then past its open timeout
@@ -65,8 +67,7 @@ HEALTHZ_INTERVAL = 0.1
 # Connections being set up at once. The service's listen backlog is min(--backlog,
 # net.core.somaxconn): a connect beyond it has its SYN dropped and retried a second later.
 CONNECT_CONCURRENCY = 512
-# The service's upstream connection pool (httpx.Limits in app/main.py).
-UPSTREAM_POOL = 100
+A1_SYMBOLS = 100
 
 
 def raise_nofile_limit() -> int:
@@ -368,7 +369,7 @@ def main() -> None:
 
     with serve_simulator(logs) as simulator:
         with serve(uvicorn, service_env(simulator), logs / "service-a.log", "/healthz") as svc:
-            for phase, symbols in (("A1", UPSTREAM_POOL), ("A2", options.symbols)):
+            for phase, symbols in (("A1", A1_SYMBOLS), ("A2", options.symbols)):
                 set_faults(simulator, "slow", options.delay)
                 result = run_phase(
                     f"{phase} slow {options.delay:g} s, {symbols:,} symbols",
