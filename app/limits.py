@@ -36,7 +36,9 @@ class TokenBucket:
     no closer together than the rate permits.
     """
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if not (math.isfinite(rate) and rate > 0) or burst < 1:
             raise ValueError(f"need rate > 0 and burst >= 1, got {rate} and {burst}")
         self.rate = rate
@@ -88,7 +90,7 @@ class DailyQuota:
 
     def __init__(
         self, limit: int, window: float = DAY, clock: Callable[[], float] = time.monotonic
-    ):
+    ) -> None:
         if limit < 1 or not (math.isfinite(window) and window > 0):
             raise ValueError(f"need limit >= 1 and window > 0, got {limit} and {window}")
         self.limit = limit
@@ -150,7 +152,7 @@ class Bulkhead:
     """At most `max_concurrency` calls at once; the rest wait a bounded time or are refused,
     so a slow upstream can never tie up every connection and task."""
 
-    def __init__(self, name: str, max_concurrency: int):
+    def __init__(self, name: str, max_concurrency: int) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.name = name
@@ -187,7 +189,7 @@ class UpstreamLimits:
         quota: DailyQuota | None,
         max_wait: float,
         clock: Callable[[], float] = time.monotonic,
-    ):
+    ) -> None:
         self.pacing = pacing
         self.quota = quota
         self.max_wait = max_wait
