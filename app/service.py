@@ -1,4 +1,5 @@
-"""Stock data with caching, coalescing and graceful degradation around the breaker."""
+"""Stock data with caching, coalescing and graceful degradation around the upstream limits
+and the breaker: a miss passes quota, bulkhead and pacing (app/limits.py), then the breaker."""
 
 from __future__ import annotations
 
