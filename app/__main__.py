@@ -21,7 +21,7 @@ import uvicorn
 
 from app.logs import configure_logging
 from app.main import create_app
-from app.settings import ConfigError, MissingApiKey, load_settings
+from app.settings import SIMULATOR_DEFAULTS, ConfigError, MissingApiKey, load_settings
 
 logger = logging.getLogger("app")
 
@@ -66,9 +66,8 @@ def main() -> None:
             url = f"http://127.0.0.1:{args.simulator_port}/query"
             os.environ["ALPHAVANTAGE_BASE_URL"] = url
             os.environ["ALPHAVANTAGE_API_KEY"] = "any-key-will-do"
-            # A free key's pacing and daily quota would make the demo useless after 25 calls.
-            os.environ.setdefault("UPSTREAM_RATE_PER_SECOND", "0")
-            os.environ.setdefault("UPSTREAM_DAILY_QUOTA", "0")
+            for name, value in SIMULATOR_DEFAULTS.items():
+                os.environ.setdefault(name, value)
             logger.warning(
                 "ALPHAVANTAGE_API_KEY is not set: serving from the built-in Alpha Vantage "
                 "simulator at %s, with pacing and the daily quota off unless set (break it "

@@ -17,6 +17,11 @@ AtLeastOne = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
+# What `python -m app` sets, unless the environment does, when it serves from the built-in
+# simulator: a free key's pacing and daily quota would make the demo useless after 25 calls.
+SIMULATOR_DEFAULTS = {"UPSTREAM_RATE_PER_SECOND": "0", "UPSTREAM_DAILY_QUOTA": "0"}
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed. The message names the variable."""
 

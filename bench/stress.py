@@ -25,6 +25,11 @@ from pathlib import Path
 
 import httpx
 
+# `python bench/stress.py` puts bench/ first on the path, not the project's root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.settings import SIMULATOR_DEFAULTS
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 ADMIN_TOKEN = "bench-admin"
@@ -103,8 +108,7 @@ def service_env(simulator: Server, **extra: str) -> dict[str, str]:
         "ALPHAVANTAGE_API_KEY": "bench-key",
         "ALPHAVANTAGE_BASE_URL": simulator.url + "/query",
         "ADMIN_TOKEN": ADMIN_TOKEN,
-        "UPSTREAM_RATE_PER_SECOND": "0",
-        "UPSTREAM_DAILY_QUOTA": "0",
+        **SIMULATOR_DEFAULTS,
         **extra,
     }
 

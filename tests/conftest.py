@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 
 from app.main import create_app
-from app.settings import Settings
+from app.settings import SIMULATOR_DEFAULTS, Settings
 from app.simulator import create_simulator
 from tests.servers import ServerPool
 
@@ -39,8 +39,7 @@ def make_settings(**overrides: object) -> Settings:
         "alphavantage_base_url": "http://simulator/query",
         "admin_token": ADMIN_TOKEN,
         # As `python -m app` runs against the simulator: pacing and the daily quota off.
-        "upstream_rate_per_second": 0,
-        "upstream_daily_quota": 0,
+        **{name.lower(): value for name, value in SIMULATOR_DEFAULTS.items()},
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

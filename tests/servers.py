@@ -23,7 +23,7 @@ from typing import Protocol
 
 import httpx
 
-from app.settings import Settings
+from app.settings import SIMULATOR_DEFAULTS, Settings
 from app.simulator import FaultMode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,9 +34,6 @@ PORT_ATTEMPTS = 3  # another process may take a free port before the server bind
 
 # Every variable the service reads (pydantic-settings matches them case-insensitively).
 SETTINGS_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
-# As `python -m app` runs against the simulator: pacing and the daily quota off unless a test
-# turns them on.
-SIMULATOR_DEFAULTS = {"UPSTREAM_RATE_PER_SECOND": "0", "UPSTREAM_DAILY_QUOTA": "0"}
 # A proxy from the environment would carry the servers' 127.0.0.1 traffic elsewhere.
 PROXY_VARIABLES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"})
 
@@ -195,7 +192,7 @@ class ServerPool:
 
         variables = {
             "ALPHAVANTAGE_BASE_URL": f"{simulator.url}/query",
-            **SIMULATOR_DEFAULTS,
+            **SIMULATOR_DEFAULTS,  # as `python -m app` has it; a test may turn them on
             **settings,
         }
         return self._start("service", command, variables, ready_path="/healthz", cwd=self._log_dir)
