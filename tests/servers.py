@@ -313,3 +313,16 @@ async def connect(stack: Stack) -> AsyncIterator[tuple[httpx.AsyncClient, Simula
         async_http_client(stack.simulator.url) as sim,
     ):
         yield api, SimulatorControl(sim)
+
+
+@dataclass(frozen=True)
+class Timed:
+    response: httpx.Response
+    seconds: float
+
+
+async def timed_get(api: httpx.AsyncClient, path: str) -> Timed:
+    """GET `path`, and how long the answer took, client side."""
+    started = time.perf_counter()
+    response = await api.get(path)
+    return Timed(response, time.perf_counter() - started)

@@ -33,6 +33,7 @@ from tests.servers import (
     async_http_client,
     connect,
     free_port,
+    timed_get,
 )
 
 pytestmark = pytest.mark.integration
@@ -207,18 +208,6 @@ def detail_of(response: httpx.Response) -> str:
     assert isinstance(detail, str)
     assert API_KEY not in response.text  # the throttle messages quote the key
     return detail
-
-
-@dataclass(frozen=True)
-class Timed:
-    response: httpx.Response
-    seconds: float
-
-
-async def timed_get(api: httpx.AsyncClient, path: str) -> Timed:
-    started = time.perf_counter()
-    response = await api.get(path)
-    return Timed(response, time.perf_counter() - started)
 
 
 async def trip(api: httpx.AsyncClient, sim: SimulatorControl) -> None:

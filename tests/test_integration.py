@@ -16,7 +16,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from tests.servers import (
     free_port,
     http_client,
     server_environment,
+    timed_get,
     wait_until_port_closed,
 )
 
@@ -115,18 +115,6 @@ def retry_after_seconds(response: httpx.Response) -> int:
     value = response.headers.get("Retry-After", "")
     assert value.isdigit(), f"Retry-After is not an integer number of seconds: {value!r}"
     return int(value)
-
-
-@dataclass(frozen=True)
-class TimedResponse:
-    response: httpx.Response
-    seconds: float
-
-
-async def timed_get(api: httpx.AsyncClient, path: str) -> TimedResponse:
-    started = time.perf_counter()
-    response = await api.get(path)
-    return TimedResponse(response, time.perf_counter() - started)
 
 
 # -- the breaker over real sockets ----------------------------------------------------------
