@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,6 +26,18 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def prometheus_tool(name: str) -> str:
+    """The path of `prometheus` or `promtool`; a missing one fails the test, never skips it."""
+    executable = shutil.which(name)
+    if executable is None:
+        pytest.fail(
+            f"{name} is missing: install Debian's prometheus package "
+            "(`apt-get install prometheus`; `make test` does it when run as root)",
+            pytrace=False,
+        )
+    return executable
 
 
 # -- the app against the in-process simulator ----------------------------------------------

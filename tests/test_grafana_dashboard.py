@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, prometheus_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "stock-service.json"
@@ -170,12 +169,13 @@ def promql_rules(dashboard: dict[str, Any]) -> str:
 
 
 def test_every_expression_is_valid_promql(dashboard: dict[str, Any], tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
     rules = tmp_path / "dashboard.rules.yml"
     rules.write_text(promql_rules(dashboard), encoding="utf-8")
     result = subprocess.run(
-        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=30
+        [prometheus_tool("promtool"), "check", "rules", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

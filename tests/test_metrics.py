@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import httpx
 from fastapi import FastAPI
 
+from tests.conftest import prometheus_tool
+
 STATE_SERIES = "stock_api_circuit_breaker_state"
 
 
 def promtool_check_metrics(exposition: bytes) -> subprocess.CompletedProcess[bytes]:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
     return subprocess.run(
-        [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30
+        [prometheus_tool("promtool"), "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        timeout=30,
     )
 
 

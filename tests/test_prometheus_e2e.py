@@ -9,7 +9,6 @@ are shortened. All three processes are stopped at teardown, whatever happens.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from app.simulator import FaultMode
+from tests.conftest import prometheus_tool
 from tests.servers import (
     HOST,
     PORT_ATTEMPTS,
@@ -74,17 +74,6 @@ class Stack:
     simulator: ServerProcess
     service: ServerProcess
     prometheus: ServerProcess
-
-
-def prometheus_executable() -> str:
-    executable = shutil.which("prometheus")
-    if executable is None:
-        pytest.fail(
-            "prometheus is missing: install Debian's prometheus package "
-            "(`apt-get install prometheus`; `make test` does it when run as root)",
-            pytrace=False,
-        )
-    return executable
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -161,7 +150,7 @@ def start_prometheus(
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    executable = prometheus_executable()  # before starting anything
+    executable = prometheus_tool("prometheus")  # before starting anything
     pool = ServerPool(tmp_path)
     prometheus_servers: list[ServerProcess] = []
     try:

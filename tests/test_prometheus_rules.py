@@ -22,7 +22,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, prometheus_tool
 from tests.servers import ROOT
 
 CONFIG = "prometheus/prometheus.yml"
@@ -55,15 +55,13 @@ TARGET_LABELS = frozenset({"job", "instance"})
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     """Run promtool from the repository's root, as `make` and CI do."""
-    executable = shutil.which("promtool")
-    if executable is None:
-        pytest.fail(
-            "promtool is missing: install Debian's prometheus package "
-            "(`apt-get install prometheus`; `make test` does it when run as root)",
-            pytrace=False,
-        )
     return subprocess.run(
-        [executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        [prometheus_tool("promtool"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
