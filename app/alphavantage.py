@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.utils
 import json
+import math
 from typing import Any
 
 import httpx
@@ -31,14 +33,19 @@ QUOTE = "GLOBAL_QUOTE"
 FUNCTIONS = (DAILY, QUOTE)
 
 MESSAGE_KEYS = ("Error Message", "Information", "Note")
-# (words that mark a throttle message, the period of the limit it names, seconds a client
-# should wait before trying again). The old "Note" names both its per-minute and per-day
-# limits; per minute was the usual cause.
-RATE_LIMIT_WORDS = (
-    (("per minute",), "minute", 60),
-    (("per day",), "day", 3600),
-    (("per second", "sparingly", "rate limit", "call frequency"), "second", 1),
+# (phrases that say what a throttle message asks for, the period of that limit, seconds to
+# hold off). Shorter periods come first because throttle messages mention longer limits in
+# passing: the burst answer names "25 requests per day", the old Note "500 calls per day".
+RATE_LIMITS = (
+    (("sparingly", "per second", "burst limit"), "second", 1),
+    (("per minute", "call frequency"), "minute", 60),
+    (("per day", "daily rate limit"), "day", 3600),
+    (("rate limit", "api call volume"), "minute", 60),  # any other throttle wording
 )
+# Upstream Retry-After on an HTTP 429: used when it is sane, else the default, never over an
+# hour (a header is no reason to stop for longer than Alpha Vantage's own per-day answer).
+HTTP_429_DEFAULT_RETRY_AFTER = 60
+HTTP_429_MAX_RETRY_AFTER = 3600
 
 
 def classify_message(function: str, payload: dict[str, Any]) -> Exception:
@@ -49,9 +56,10 @@ def classify_message(function: str, payload: dict[str, Any]) -> Exception:
             return UnknownSymbol("unknown symbol")
         what = "an empty answer" if not payload else "an answer without the expected data"
         return BadUpstreamResponse(f"Alpha Vantage sent {what} for {function}")
-    # Throttle messages also mention the key and premium plans: check them first.
-    for words, period, retry_after in RATE_LIMIT_WORDS:
-        if any(word in text for word in words):
+    # Throttle messages also mention the key ("We have detected your API key as ...") and
+    # premium plans: check them first.
+    for phrases, period, retry_after in RATE_LIMITS:
+        if any(phrase in text for phrase in phrases):
             return RateLimited(
                 f"Alpha Vantage rate limit reached (per {period})", retry_after, period
             )
@@ -64,6 +72,24 @@ def classify_message(function: str, payload: dict[str, Any]) -> Exception:
     if "Error Message" in payload:
         return UnknownSymbol("unknown symbol")
     return BadUpstreamResponse(f"Alpha Vantage sent an unrecognised message for {function}")
+
+
+def http_429_retry_after(header: str | None) -> int:
+    """Seconds to hold off after an HTTP 429, from its Retry-After (delay-seconds or an
+    HTTP date), bounded to 1 .. HTTP_429_MAX_RETRY_AFTER."""
+    seconds: float = HTTP_429_DEFAULT_RETRY_AFTER
+    if header:
+        try:
+            seconds = float(header)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(header)
+                seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+            except (TypeError, ValueError):
+                pass
+    if not math.isfinite(seconds):
+        seconds = HTTP_429_DEFAULT_RETRY_AFTER
+    return min(HTTP_429_MAX_RETRY_AFTER, max(1, math.ceil(seconds)))
 
 
 def parse_daily(payload: dict[str, Any]) -> DailySeries:
@@ -174,6 +200,12 @@ class AlphaVantageClient:
         limit = self._max_body_bytes
         too_large = BadUpstreamResponse(f"Alpha Vantage sent a body over {limit} bytes")
         async with self._http.stream("GET", self._base_url, params=params) as response:
+            if response.status_code == 429:
+                raise RateLimited(
+                    "Alpha Vantage rate limit reached (HTTP 429)",
+                    http_429_retry_after(response.headers.get("retry-after")),
+                    None,
+                )
             if response.status_code != 200:
                 raise BadUpstreamResponse(f"Alpha Vantage answered HTTP {response.status_code}")
             declared = response.headers.get("content-length", "")

@@ -3,8 +3,9 @@
     UpstreamError                 the base; `outcome` is the metric label for the failure
     ├── UnknownSymbol             Alpha Vantage does not know the symbol (neutral for the breaker)
     ├── Throttled                 held back here, never sent: pacing, daily quota or bulkhead
+    ├── RateLimited               Alpha Vantage's per-second, per-minute or per-day limit, or
+    │                             an HTTP 429: a throttle, not an outage (neutral for the breaker)
     └── UpstreamFailure           counts as a failure for the breaker
-        ├── RateLimited           a per-second, per-minute or per-day quota is spent
         ├── UpstreamRefused       the key is invalid, or the call needs a premium plan
         ├── BadUpstreamResponse   non-200 status, body not JSON, or not the expected shape
         ├── UpstreamUnavailable   connection refused, reset or dropped
@@ -49,13 +50,16 @@ class UpstreamFailure(UpstreamError):
     outcome = "failure"
 
 
-class RateLimited(UpstreamFailure):
+class RateLimited(UpstreamError):
+    """Alpha Vantage asked for fewer calls: it is up, and answering. `period` is the limit it
+    named ("second", "minute" or "day"), None for an HTTP 429 that names none."""
+
     outcome = "rate_limited"
 
-    def __init__(self, detail: str, retry_after: int, period: str) -> None:
+    def __init__(self, detail: str, retry_after: int, period: str | None) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
-        self.period = period  # "second", "minute" or "day": which limit Alpha Vantage named
+        self.period = period
 
 
 class UpstreamRefused(UpstreamFailure):

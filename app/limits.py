@@ -180,7 +180,8 @@ class Bulkhead:
 
 
 class UpstreamLimits:
-    """Pacing and the daily quota, shared by every call made with one API key."""
+    """Pacing and the daily quota, shared by every call made with one API key, and the pause
+    the upstream asks for when it answers that a limit is reached."""
 
     def __init__(
         self,
@@ -194,16 +195,23 @@ class UpstreamLimits:
         self.quota = quota
         self.max_wait = max_wait
         self._clock = clock
+        self._paused_until = -math.inf
+        self._pause_reason = "pacing"
 
     @asynccontextmanager
     async def admit(self, bulkhead: Bulkhead) -> AsyncIterator[None]:
-        """Wait, `max_wait` seconds at most in all, for a bulkhead slot and then a paced turn;
-        or raise Throttled at once. The token is taken last, so that the calls it paces start
-        no closer together than the rate, however long the bulkhead made them wait."""
+        """Wait, `max_wait` seconds at most in all, for a bulkhead slot, the end of a pause
+        and then a paced turn; or raise Throttled at once. The token is taken last, so that
+        the calls it paces start no closer together than the rate, however long the bulkhead
+        or a pause made them wait."""
         deadline = self._clock() + self.max_wait
         if self.quota is not None:
             self.quota.check()  # no use waiting for a turn the quota would refuse
+        self._pause_left(self.max_wait)
         async with bulkhead.slot(self.max_wait):
+            pause = self._pause_left(max(0.0, deadline - self._clock()))
+            if pause > 0:
+                await asyncio.sleep(pause)
             if self.pacing is not None:
                 wait = self.pacing.reserve(max(0.0, deadline - self._clock()))
                 if wait > 0:
@@ -215,7 +223,33 @@ class UpstreamLimits:
         if self.quota is not None:
             self.quota.take()
 
-    def daily_limit_reached(self) -> None:
-        """Alpha Vantage answered that the day's quota is spent."""
-        if self.quota is not None:
+    def limit_reached(self, period: str | None, retry_after: float) -> int:
+        """The upstream answered that a limit is reached: make no call for `retry_after`
+        seconds. A per-day answer means the key is spent, quota on or off: with the quota on,
+        until its window frees up; with it off (no ledger to tell), for a whole day. Returns
+        the whole seconds until calls resume, for Retry-After."""
+        if period == "day" and self.quota is not None:
             self.quota.exhaust()
+            return _seconds(self.quota.status().blocked_for)
+        if period == "day":
+            retry_after = DAY
+        until = self._clock() + retry_after
+        if until > self._paused_until:
+            self._paused_until = until
+            self._pause_reason = "quota" if period == "day" else "pacing"
+        return _seconds(self.paused_for())
+
+    def paused_for(self) -> float:
+        """Seconds left of the pause the upstream asked for; 0 when there is none."""
+        return max(0.0, self._paused_until - self._clock())
+
+    def _pause_left(self, max_wait: float) -> float:
+        """Seconds left of the pause, or Throttled if that is longer than `max_wait`."""
+        pause = self.paused_for()
+        if pause > max_wait:
+            raise Throttled(
+                f"calls are paused for {pause:.0f} s: the upstream said its limit is reached",
+                self._pause_reason,
+                _seconds(pause),
+            )
+        return pause

@@ -123,6 +123,9 @@ class BulkheadStatus(BaseModel):
 class UpstreamStatus(BaseModel):
     quota: QuotaStatus | None  # null when UPSTREAM_DAILY_QUOTA=0
     pacing: PacingStatus | None  # null when UPSTREAM_RATE_PER_SECOND=0
+    # Set while Alpha Vantage's own rate-limit answer holds calls back (and, with the quota
+    # off, its per-day answer); with the quota on, a per-day answer shows in quota instead.
+    paused_until: dt.datetime | None
     max_wait_seconds: float
     bulkheads: list[BulkheadStatus]
 

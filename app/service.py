@@ -76,7 +76,7 @@ class StockService:
         try:
             lane.breaker.check()  # an open breaker answers before a flight is set up
             value = await self._flights.run(key, lambda: self._fetch(key, lane, fetch))
-        except (UpstreamFailure, CircuitOpenError, Throttled) as exc:
+        except (UpstreamFailure, RateLimited, CircuitOpenError, Throttled) as exc:
             if hit is None:
                 raise
             self._metrics.count_cache(function, "stale")
@@ -107,9 +107,11 @@ class StockService:
             value = await fetch(symbol)
         except UpstreamError as exc:
             outcome = exc.outcome
-            if isinstance(exc, RateLimited) and exc.period == "day":
-                self._limits.daily_limit_reached()
-            if isinstance(exc, UpstreamFailure):
+            if isinstance(exc, RateLimited):
+                # Retry-After says when this service will call again, which may be later
+                # than the period named (a per-day answer blocks until the window frees up).
+                exc.retry_after = self._limits.limit_reached(exc.period, exc.retry_after)
+            if isinstance(exc, UpstreamFailure | RateLimited):
                 logger.warning(
                     "upstream call failed: %s",
                     exc.detail,

@@ -65,10 +65,12 @@ FULL_OUTPUT_INFO = (
     "for the TIME_SERIES_DAILY endpoint. You may subscribe to any of the premium plans at "
     "https://www.alphavantage.co/premium/ to instantly unlock all premium features"
 )
+# Word for word as Alpha Vantage sends it since December 2025, "per day" and all.
 BURST_LIMIT_INFO = (
     "Thank you for using Alpha Vantage! Please consider spreading out your free API requests more "
     "sparingly (1 request per second). You may subscribe to any of the premium plans at "
-    "https://www.alphavantage.co/premium/ to lift the free key rate limit."
+    "https://www.alphavantage.co/premium/ to lift the free key rate limit (25 requests per day), "
+    "raise the per-second burst limit, and instantly unlock all premium endpoints"
 )
 MINUTE_LIMIT_NOTE = (
     "Thank you for using Alpha Vantage! Our standard API call frequency is 5 calls per minute and "
@@ -76,7 +78,7 @@ MINUTE_LIMIT_NOTE = (
     "target a higher API call frequency."
 )
 DEMO_KEY_INFO = (
-    "The demo API key is for demo purposes only. Please claim your free API key at "
+    "The **demo** API key is for demo purposes only. Please claim your free API key at "
     "(https://www.alphavantage.co/support/#api-key) to explore our full API offerings. It takes "
     "fewer than 20 seconds."
 )

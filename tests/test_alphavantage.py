@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.utils
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -66,33 +68,66 @@ QUOTE = {
         "10. change percent": "-0.5852%",
     }
 }
+# Alpha Vantage's messages, in the wordings real answers have shown over the years. Every
+# one comes with HTTP 200; the key that holds it says nothing about what it means.
 INVALID_CALL = {
     "Error Message": "Invalid API call. Please retry or visit the documentation "
     "(https://www.alphavantage.co/documentation/) for TIME_SERIES_DAILY."
 }
-BAD_KEY = {
-    "Error Message": "the parameter apikey is invalid or missing. Please claim your free API "
-    "key on (https://www.alphavantage.co/support/#api-key). It should take less than 20 seconds."
+INVALID_CALL_QUOTE = {
+    "Error Message": "Invalid API call. Please retry or visit the documentation "
+    "(https://www.alphavantage.co/documentation/) for GLOBAL_QUOTE."
 }
+CLAIM_KEY = (
+    "the parameter apikey is invalid or missing. Please claim your free API key on "
+    "(https://www.alphavantage.co/support/#api-key)."
+)
+BAD_KEY_2019 = {
+    "Error Message": f"{CLAIM_KEY} It should take less than 20 seconds, and is free permanently."
+}
+BAD_KEY_2021 = {"Error Message": f"{CLAIM_KEY} It should take less than 20 seconds."}
+BAD_KEY = {"Error Message": CLAIM_KEY}
+REMOVE_DAILY_LIMITS = (
+    "Please subscribe to any of the premium plans at https://www.alphavantage.co/premium/ to "
+    "instantly remove all daily rate limits."
+)
 DAILY_LIMIT = {
-    "Information": f"We have detected your API key as {KEY} and our standard API rate limit is "
-    "25 requests per day. Please subscribe to any of the premium plans at "
-    "https://www.alphavantage.co/premium/ to instantly remove all daily rate limits."
+    "Information": "Thank you for using Alpha Vantage! Our standard API rate limit is 25 "
+    f"requests per day. {REMOVE_DAILY_LIMITS}"
 }
+DAILY_LIMIT_NAMING_THE_KEY = {
+    "Information": f"We have detected your API key as {KEY} and our standard API rate limit is "
+    f"25 requests per day. {REMOVE_DAILY_LIMITS}"
+}
+# Since December 2025. It names the daily limit only in passing: it is about the second.
 BURST_LIMIT = {
     "Information": "Thank you for using Alpha Vantage! Please consider spreading out your free "
     "API requests more sparingly (1 request per second). You may subscribe to any of the premium "
-    "plans at https://www.alphavantage.co/premium/ to lift the free key rate limit."
+    "plans at https://www.alphavantage.co/premium/ to lift the free key rate limit (25 requests "
+    "per day), raise the per-second burst limit, and instantly unlock all premium endpoints"
 }
+# 2018 to 2023: names both limits; the minute was the one that bit.
 MINUTE_LIMIT = {
     "Note": "Thank you for using Alpha Vantage! Our standard API call frequency is 5 calls per "
     "minute and 500 calls per day. Please visit https://www.alphavantage.co/premium/ if you "
     "would like to target a higher API call frequency."
 }
-PREMIUM = {
-    "Information": "Thank you for using Alpha Vantage! This is a premium endpoint. You may "
-    "subscribe to any of the premium plans at https://www.alphavantage.co/premium/ to "
-    "instantly unlock all premium endpoints"
+CALL_FREQUENCY = {"Information": "Please consider optimizing your API call frequency"}
+PREMIUM_ENDPOINT = (
+    "Thank you for using Alpha Vantage! This is a premium endpoint. You may subscribe to any of "
+    "the premium plans at https://www.alphavantage.co/premium/ to instantly unlock all premium "
+    "endpoints"
+)
+PREMIUM = {"Information": PREMIUM_ENDPOINT}
+PREMIUM_2026 = {"Information": f"{PREMIUM_ENDPOINT}."}
+PREMIUM_AVC = {
+    "Information": "Thank you for using Alpha Vantage! This is a premium endpoint and there are "
+    "multiple ways to unlock premium endpoints: (1) become a holder of Alpha Vantage Coin (AVC), "
+    "an Ethereum-based cryptocurrency that provides various utility & governance functions "
+    "within the Alpha Vantage ecosystem (AVC mining guide: "
+    "https://www.alphatournament.com/avc_mining_guide/) to unlock all premium endpoints, (2) "
+    "subscribe to any of the premium plans at https://www.alphavantage.co/premium/ to instantly "
+    "unlock all premium endpoints"
 }
 FULL_IS_PREMIUM = {
     "Information": "Thank you for using Alpha Vantage! The outputsize=full parameter value is a "
@@ -100,10 +135,13 @@ FULL_IS_PREMIUM = {
     "premium plans at https://www.alphavantage.co/premium/ to instantly unlock all premium "
     "features"
 }
-DEMO = {
-    "Information": "The demo API key is for demo purposes only. Please claim your free API key "
-    "at (https://www.alphavantage.co/support/#api-key) to explore our full API offerings."
-}
+DEMO_KEY = (
+    "The **demo** API key is for demo purposes only. Please claim your free API key at "
+    "(https://www.alphavantage.co/support/#api-key) to explore our full API offerings. It takes "
+    "fewer than 20 seconds"
+)
+DEMO = {"Information": f"{DEMO_KEY}."}
+DEMO_2020 = {"Information": f"{DEMO_KEY}, and we are committed to making it free forever."}
 
 
 @pytest.fixture
@@ -158,6 +196,30 @@ async def test_quote_parses_change_percent_as_a_number(av: AlphaVantageClient) -
 
 
 @respx.mock
+async def test_a_non_us_listing_parses_like_any_other(av: AlphaVantageClient) -> None:
+    """IWDA.AS (Amsterdam), as GLOBAL_QUOTE answered it on 2019-08-30."""
+    body = {
+        "Global Quote": {
+            "01. symbol": "IWDA.AS",
+            "02. open": "51.5100",
+            "03. high": "51.9200",
+            "04. low": "51.5100",
+            "05. price": "51.7600",
+            "06. volume": "93222",
+            "07. latest trading day": "2019-08-30",
+            "08. previous close": "51.4350",
+            "09. change": "0.3250",
+            "10. change percent": "0.6319%",
+        }
+    }
+    respx.get(URL).mock(return_value=httpx.Response(200, text=json.dumps(body, indent=4)))
+    quote = await av.quote("IWDA.AS")
+    assert (quote.symbol, quote.price, quote.previous_close) == ("IWDA.AS", 51.76, 51.435)
+    assert quote.change_percent == 0.6319
+    assert quote.latest_trading_day == dt.date(2019, 8, 30)
+
+
+@respx.mock
 async def test_symbol_travels_encoded_as_a_query_parameter(av: AlphaVantageClient) -> None:
     route = respx.get(URL).mock(return_value=answer(DAILY))
     await av.daily("BRK.B&function=X")
@@ -184,14 +246,22 @@ async def test_older_timestamp_form_of_last_refreshed_is_kept(av: AlphaVantageCl
     ("function", "body", "error", "detail_words"),
     [
         ("daily", INVALID_CALL, UnknownSymbol, "unknown symbol"),
+        ("quote", INVALID_CALL_QUOTE, UnknownSymbol, "unknown symbol"),
         ("quote", {"Global Quote": {}}, UnknownSymbol, "unknown symbol"),
-        ("daily", DAILY_LIMIT, RateLimited, "rate limit"),
-        ("quote", BURST_LIMIT, RateLimited, "rate limit"),
-        ("daily", MINUTE_LIMIT, RateLimited, "rate limit"),
+        ("daily", DAILY_LIMIT, RateLimited, "per day"),
+        ("quote", DAILY_LIMIT_NAMING_THE_KEY, RateLimited, "per day"),
+        ("quote", BURST_LIMIT, RateLimited, "per second"),
+        ("daily", MINUTE_LIMIT, RateLimited, "per minute"),
+        ("daily", CALL_FREQUENCY, RateLimited, "per minute"),
         ("daily", BAD_KEY, UpstreamRefused, "api key"),
+        ("daily", BAD_KEY_2021, UpstreamRefused, "api key"),
+        ("quote", BAD_KEY_2019, UpstreamRefused, "api key"),
         ("daily", PREMIUM, UpstreamRefused, "premium"),
+        ("daily", PREMIUM_2026, UpstreamRefused, "premium"),
+        ("daily", PREMIUM_AVC, UpstreamRefused, "premium"),
         ("daily", FULL_IS_PREMIUM, UpstreamRefused, "premium"),
         ("quote", DEMO, UpstreamRefused, "demo"),
+        ("daily", DEMO_2020, UpstreamRefused, "demo"),
         ("daily", {}, BadUpstreamResponse, "empty"),
         ("quote", {}, BadUpstreamResponse, "empty"),
         ("daily", {"Meta Data": {}}, BadUpstreamResponse, "expected data"),
@@ -207,20 +277,28 @@ async def test_answers_are_classified_by_what_they_say(
     error: type[UpstreamError],
     detail_words: str,
 ) -> None:
-    respx.get(URL).mock(return_value=answer(body))
+    # Sent as the API sends it: pretty-printed with a 4-space indent, no final newline.
+    respx.get(URL).mock(return_value=httpx.Response(200, text=json.dumps(body, indent=4)))
     with pytest.raises(error) as info:
         await getattr(av, function)("IBM")
+    assert type(info.value) is error
     assert detail_words in info.value.detail.lower()
     assert KEY not in info.value.detail
 
 
 @pytest.mark.parametrize(
     ("body", "period", "retry_after"),
-    # The old Note names both limits; per minute was what it usually meant.
-    [(DAILY_LIMIT, "day", 3600), (MINUTE_LIMIT, "minute", 60), (BURST_LIMIT, "second", 1)],
+    [
+        (DAILY_LIMIT, "day", 3600),
+        (DAILY_LIMIT_NAMING_THE_KEY, "day", 3600),
+        # Each mentions the daily limit in passing; neither is about the day.
+        (BURST_LIMIT, "second", 1),
+        (MINUTE_LIMIT, "minute", 60),
+        (CALL_FREQUENCY, "minute", 60),
+    ],
 )
 @respx.mock
-async def test_rate_limits_name_their_period_and_suggest_a_wait(
+async def test_rate_limits_name_the_period_they_are_about(
     av: AlphaVantageClient, body: dict[str, str], period: str, retry_after: int
 ) -> None:
     respx.get(URL).mock(return_value=answer(body))
@@ -230,15 +308,39 @@ async def test_rate_limits_name_their_period_and_suggest_a_wait(
     assert info.value.retry_after == retry_after
 
 
-def test_unknown_symbol_is_not_a_failure_and_the_rest_are() -> None:
-    assert not issubclass(UnknownSymbol, UpstreamFailure)
-    for failure in (
-        RateLimited,
-        UpstreamRefused,
-        BadUpstreamResponse,
-        UpstreamUnavailable,
-        UpstreamTimeout,
-    ):
+def in_seconds(seconds: int) -> str:
+    return email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds))
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        (None, 60),  # none sent: a minute
+        ("30", 30),
+        ("0", 1),  # "now" would only be refused again
+        ("86400", 3600),  # bounded
+        ("soon", 60),
+        (in_seconds(7200), 3600),
+        (in_seconds(-60), 1),
+    ],
+)
+@respx.mock
+async def test_http_429_is_a_rate_limit_with_the_upstreams_retry_after_bounded(
+    av: AlphaVantageClient, retry_after: str | None, expected: int
+) -> None:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    respx.get(URL).mock(return_value=httpx.Response(429, text="Too Many", headers=headers))
+    with pytest.raises(RateLimited) as info:
+        await av.quote("IBM")
+    assert info.value.period is None
+    assert info.value.retry_after == expected
+
+
+def test_only_the_upstreams_own_failures_are_failures() -> None:
+    """UpstreamFailure is what moves the breaker: a rate limit is a throttle, not an outage."""
+    for neutral in (UnknownSymbol, RateLimited):
+        assert not issubclass(neutral, UpstreamFailure)
+    for failure in (UpstreamRefused, BadUpstreamResponse, UpstreamUnavailable, UpstreamTimeout):
         assert issubclass(failure, UpstreamFailure)
 
 

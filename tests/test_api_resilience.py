@@ -133,13 +133,37 @@ class TestDailyQuota:
         assert in_a_day(quota["blocked_until"])
 
 
-async def test_without_a_quota_a_per_day_answer_blocks_nothing(
+async def test_without_a_quota_a_per_day_answer_still_stops_calls_for_a_day(
     api: httpx.AsyncClient, faults: httpx.AsyncClient
 ) -> None:
+    """A key that says it is spent is spent, whatever this service counts."""
     await set_fault(faults, "rate_limited")
-    error_detail(await api.get("/stock/IBM"), 503)
+    assert retry_after(await api.get("/stock/IBM")) > 86000
     await set_fault(faults, "healthy")
-    assert (await api.get("/stock/MSFT")).status_code == 200
+    response = await api.get("/stock/MSFT")
+    assert "paused" in error_detail(response, 503)
+    assert retry_after(response) > 86000
+    assert await upstream_calls(faults) == 1
+    status = await upstream(api)
+    assert status["quota"] is None
+    assert in_a_day(status["paused_until"])
+    assert (await breaker(api))["state"] == "closed"
+
+
+@pytest.mark.parametrize(("mode", "seconds"), [("burst_limited", 1), ("minute_limited", 60)])
+async def test_a_short_rate_limit_pauses_calls_for_its_period_only(
+    api: httpx.AsyncClient, faults: httpx.AsyncClient, mode: str, seconds: int
+) -> None:
+    await set_fault(faults, mode)
+    response = await api.get("/stock/IBM")
+    assert "rate limit" in error_detail(response, 503)
+    assert retry_after(response) == seconds
+    status = await upstream(api)
+    assert isinstance(status["paused_until"], str)
+    paused_for = dt.datetime.fromisoformat(status["paused_until"]) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(0) < paused_for <= dt.timedelta(seconds=seconds)
+    assert (await breaker(api))["state"] == "closed"
+    assert (await breaker(api))["failure_count"] == 0
 
 
 async def test_limits_off_show_as_null_and_export_no_quota(api: httpx.AsyncClient) -> None:

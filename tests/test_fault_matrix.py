@@ -235,10 +235,6 @@ FAULTS = [
     Fault(FaultMode.DROP, 502, "unavailable", "could not reach Alpha Vantage"),
     Fault(FaultMode.HTTP_500, 502, "bad_response", "Alpha Vantage answered HTTP 500"),
     Fault(FaultMode.DOWN, 502, "bad_response", "Alpha Vantage answered HTTP 503"),
-    Fault(FaultMode.HTTP_429, 502, "bad_response", "Alpha Vantage answered HTTP 429"),
-    Fault(FaultMode.RATE_LIMITED, 503, "rate_limited", "rate limit", retry_after="3600"),
-    Fault(FaultMode.BURST_LIMITED, 503, "rate_limited", "rate limit", retry_after="1"),
-    Fault(FaultMode.MINUTE_LIMITED, 503, "rate_limited", "rate limit", retry_after="60"),
     Fault(FaultMode.PREMIUM, 502, "refused", f"requires a premium plan for {DAILY}"),
     Fault(FaultMode.PREMIUM_FULL, 502, "refused", f"requires a premium plan for {DAILY}"),
     Fault(FaultMode.DEMO_KEY, 502, "refused", "refused the demo API key"),
@@ -271,6 +267,95 @@ async def test_a_failing_call_is_answered_counted_and_charged_to_the_breaker(
         assert stock_answers(before, after) == {str(fault.status): 1}
         assert transitions(before, after) == {}
         assert rejections(before, after) == 0
+
+
+# -- rate limits: a throttle, not an outage ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    mode: FaultMode
+    detail: str
+    retry_after: int  # how long the service then holds off, its Retry-After
+    quota_reason: bool = False  # a per-day answer: later misses are held back by the quota
+
+
+RATE_LIMITS = [
+    RateLimit(FaultMode.BURST_LIMITED, "rate limit reached (per second)", 1),
+    RateLimit(FaultMode.MINUTE_LIMITED, "rate limit reached (per minute)", 60),
+    RateLimit(FaultMode.HTTP_429, "rate limit reached (HTTP 429)", 30),  # its Retry-After
+    # The quota is off here, and a key that says it is spent is spent: a whole day.
+    RateLimit(FaultMode.RATE_LIMITED, "rate limit reached (per day)", 86400, quota_reason=True),
+]
+
+
+@pytest.mark.parametrize("limit", RATE_LIMITS, ids=lambda limit: limit.mode.value)
+async def test_a_rate_limit_is_answered_503_and_never_charged_to_the_breaker(
+    shared: Stack, servers: ServerPool, limit: RateLimit
+) -> None:
+    """Each case on a service of its own, as the answer makes it hold off upstream calls;
+    held-back misses are refused at once (no wait allowed) rather than sent when it ends."""
+    settings = BASE_SETTINGS | {"UPSTREAM_MAX_WAIT_SECONDS": "0"}
+    service = servers.start_service(shared.simulator, settings)
+    async with connect(Stack(shared.simulator, service)) as (api, sim):
+        await sim.set_fault(limit.mode)
+        await sim.reset_stats()
+        before = await scrape(api)
+
+        response = await api.get(f"/stock/{symbol('LIMIT')}")
+        assert response.status_code == 503, response.text
+        assert limit.detail in detail_of(response)
+        assert limit.retry_after - 5 <= int(response.headers["Retry-After"]) <= limit.retry_after
+        for _ in range(FAILURE_THRESHOLD):
+            response = await api.get(f"/stock/{symbol('HELD')}")
+            assert response.status_code == 503, response.text
+            assert 1 <= int(response.headers["Retry-After"]) <= limit.retry_after
+        after = await scrape(api)
+
+        assert await sim.calls() == {DAILY: 1}
+        assert upstream_calls(before, after) == {"rate_limited": 1}
+        reason = "quota" if limit.quota_reason else "pacing"
+        throttled = increments(before, after, "stock_api_upstream_throttled_calls_total", "reason")
+        assert throttled == {(reason,): FAILURE_THRESHOLD}
+        await assert_breaker(api, "closed", failure_count=0)
+        assert transitions(before, after) == {}
+
+
+async def test_with_a_free_keys_limits_a_burst_answer_costs_a_second_and_a_daily_one_the_day(
+    start_stack: StartStack,
+) -> None:
+    """The real key's defaults (25 a day, 1 a second). The burst answer mentions the daily
+    limit in passing: it must not stop the service for a day; the daily answer must."""
+    stack = start_stack(UPSTREAM_DAILY_QUOTA="25", UPSTREAM_RATE_PER_SECOND="1")
+    async with connect(stack) as (api, sim):
+        await sim.set_fault(FaultMode.BURST_LIMITED)
+        response = await api.get(f"/stock/{symbol('BURST')}")
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "1"
+        await sim.set_fault(FaultMode.HEALTHY)
+        await asyncio.sleep(2)
+        response = await api.get(f"/stock/{symbol('AFTERBURST')}")
+        assert response.status_code == 200, response.text
+        assert await sim.calls() == {DAILY: 2}
+        quota = (await api.get("/upstream")).json()["quota"]
+        assert (quota["used"], quota["remaining"], quota["blocked_until"]) == (2, 23, None)
+
+        await sim.set_fault(FaultMode.RATE_LIMITED)
+        await asyncio.sleep(1)  # past the pacing of the call before
+        response = await api.get(f"/stock/{symbol('DAILY')}")
+        assert response.status_code == 503, response.text
+        # Blocked until the first counted call leaves the rolling day.
+        assert 86000 <= int(response.headers["Retry-After"]) <= 86400
+        await sim.set_fault(FaultMode.HEALTHY)
+        for _ in range(3):
+            response = await api.get(f"/stock/{symbol('AFTERDAILY')}")
+            assert response.status_code == 503, response.text
+            assert "quota" in detail_of(response)
+        assert await sim.calls() == {DAILY: 3}
+        quota = (await api.get("/upstream")).json()["quota"]
+        assert quota["remaining"] == 0
+        assert quota["blocked_until"] is not None
+        await assert_breaker(api, "closed", failure_count=0)
 
 
 async def test_slow_within_the_timeout_succeeds(shared: Stack) -> None:

@@ -220,8 +220,94 @@ async def test_admit_refuses_pacing_waits_over_max_wait() -> None:
     assert bulkhead.in_flight == 0  # the refused call gave its slot back
 
 
-def test_daily_limit_reached_and_count_call_do_nothing_without_a_quota() -> None:
+def test_count_call_does_nothing_without_a_quota() -> None:
     limits = UpstreamLimits(pacing=None, quota=None, max_wait=2)
-    limits.count_call()
-    limits.daily_limit_reached()
-    limits.count_call()
+    for _ in range(100):
+        limits.count_call()
+
+
+# -- the upstream's own limit answers --------------------------------------------------------
+
+
+async def admitted(limits: UpstreamLimits) -> bool:
+    try:
+        async with limits.admit(Bulkhead("b", 4)):
+            return True
+    except Throttled:
+        return False
+
+
+async def admitted_or_raise(limits: UpstreamLimits) -> None:
+    async with limits.admit(Bulkhead("b", 4)):
+        pass
+
+
+@pytest.mark.parametrize(("period", "seconds"), [("second", 1), ("minute", 60), (None, 30)])
+async def test_a_short_limit_pauses_calls_for_its_period_and_leaves_the_day_alone(
+    period: str | None, seconds: int
+) -> None:
+    clock = FakeClock()
+    quota = DailyQuota(limit=25, clock=clock)
+    limits = UpstreamLimits(
+        pacing=TokenBucket(rate=1, burst=1, clock=clock), quota=quota, max_wait=0, clock=clock
+    )
+    limits.limit_reached(period, seconds)
+    with pytest.raises(Throttled) as caught:
+        await admitted_or_raise(limits)
+    assert (caught.value.reason, caught.value.retry_after) == ("pacing", seconds)
+    assert limits.paused_for() == seconds
+    clock.advance(seconds - 0.5)
+    assert not await admitted(limits)
+    clock.advance(0.5)
+    assert await admitted(limits)
+    assert quota.status().remaining == 25
+    assert quota.status().blocked_for == 0
+
+
+async def test_a_shorter_pause_never_cuts_a_longer_one() -> None:
+    clock = FakeClock()
+    limits = UpstreamLimits(pacing=None, quota=None, max_wait=0, clock=clock)
+    limits.limit_reached("minute", 60)
+    limits.limit_reached("second", 1)
+    assert limits.paused_for() == 60
+
+
+async def test_admit_waits_out_a_short_pause_within_max_wait() -> None:
+    limits = UpstreamLimits(pacing=None, quota=None, max_wait=1)  # real clock
+    loop = asyncio.get_running_loop()
+    limits.limit_reached("second", 0.05)
+    started = loop.time()
+    assert await admitted(limits)
+    assert loop.time() - started >= 0.04
+
+
+async def test_a_daily_answer_spends_the_quota_until_its_window_frees_up() -> None:
+    clock = FakeClock()
+    quota = DailyQuota(limit=25, clock=clock)
+    limits = UpstreamLimits(pacing=None, quota=quota, max_wait=0, clock=clock)
+    async with limits.admit(Bulkhead("b", 1)):
+        limits.count_call()
+    clock.advance(100)
+    limits.limit_reached("day", 3600)
+    with pytest.raises(Throttled) as caught:
+        await admitted_or_raise(limits)
+    assert (caught.value.reason, caught.value.retry_after) == ("quota", DAY - 100)
+    assert quota.status().remaining == 0
+    clock.advance(DAY - 101)
+    assert not await admitted(limits)
+    clock.advance(1)
+    assert await admitted(limits)
+
+
+async def test_a_daily_answer_stops_calls_for_a_day_with_the_quota_off_too() -> None:
+    """A key that says it is spent is spent, whatever the service counts."""
+    clock = FakeClock()
+    limits = UpstreamLimits(pacing=None, quota=None, max_wait=0, clock=clock)
+    limits.limit_reached("day", 3600)
+    with pytest.raises(Throttled) as caught:
+        await admitted_or_raise(limits)
+    assert (caught.value.reason, caught.value.retry_after) == ("quota", DAY)
+    clock.advance(DAY - 1)
+    assert not await admitted(limits)
+    clock.advance(1)
+    assert await admitted(limits)

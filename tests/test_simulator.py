@@ -361,10 +361,18 @@ async def test_http_429(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("mode", "key", "words"),
     [
-        ("burst_limited", "Information", "more sparingly (1 request per second)"),
+        # Word for word as Alpha Vantage sends it, the daily limit mentioned in passing.
+        (
+            "burst_limited",
+            "Information",
+            "more sparingly (1 request per second). You may subscribe to any of the premium "
+            "plans at https://www.alphavantage.co/premium/ to lift the free key rate limit "
+            "(25 requests per day), raise the per-second burst limit, and instantly unlock all "
+            "premium endpoints",
+        ),
         ("minute_limited", "Note", "5 calls per minute and 500 calls per day"),
         ("premium_full", "Information", "outputsize=full parameter value is a premium feature"),
-        ("demo_key", "Information", "The demo API key is for demo purposes only."),
+        ("demo_key", "Information", "The **demo** API key is for demo purposes only."),
     ],
 )
 async def test_message_modes(client: httpx.AsyncClient, mode: str, key: str, words: str) -> None:
@@ -382,11 +390,11 @@ async def test_premium_full_is_the_outputsize_full_answer(client: httpx.AsyncCli
 
 
 @pytest.mark.parametrize(
-    ("mode", "error", "retry_after"),
+    ("mode", "error", "period"),
     [
-        (FaultMode.RATE_LIMITED, RateLimited, 3600),
-        (FaultMode.BURST_LIMITED, RateLimited, 1),
-        (FaultMode.MINUTE_LIMITED, RateLimited, 60),
+        (FaultMode.RATE_LIMITED, RateLimited, "day"),
+        (FaultMode.BURST_LIMITED, RateLimited, "second"),
+        (FaultMode.MINUTE_LIMITED, RateLimited, "minute"),
         (FaultMode.INVALID_KEY, UpstreamRefused, None),
         (FaultMode.PREMIUM, UpstreamRefused, None),
         (FaultMode.PREMIUM_FULL, UpstreamRefused, None),
@@ -394,14 +402,13 @@ async def test_premium_full_is_the_outputsize_full_answer(client: httpx.AsyncCli
     ],
 )
 async def test_messages_are_the_ones_the_client_recognises(
-    client: httpx.AsyncClient, mode: FaultMode, error: type[Exception], retry_after: int | None
+    client: httpx.AsyncClient, mode: FaultMode, error: type[Exception], period: str | None
 ) -> None:
     await set_fault(client, mode.value)
     body = await get_json(client, **DAILY)
     classified = classify_message("TIME_SERIES_DAILY", body)
     assert type(classified) is error
-    if isinstance(classified, RateLimited):
-        assert classified.retry_after == retry_after
+    assert getattr(classified, "period", None) == period
 
 
 async def test_html(client: httpx.AsyncClient) -> None:

@@ -43,6 +43,7 @@ async def upstream_status(resources: ResourcesDep) -> UpstreamStatus:
     return UpstreamStatus(
         quota=quota,
         pacing=pacing,
+        paused_until=_utc_in(limits.paused_for() or None),
         max_wait_seconds=limits.max_wait,
         bulkheads=[
             BulkheadStatus(name=b.name, max_concurrency=b.max_concurrency, in_flight=b.in_flight)
