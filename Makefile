@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota clean
+.PHONY: install lock lock-upgrade tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 install: $(STAMP)
+
+# Recompiles requirements/*.txt from pyproject.toml's ranges (on Python 3.11, Linux x86_64):
+# `lock` after a dependency changes (other pins stay), `lock-upgrade` for the newest releases.
+lock:
+	PYTHON=$(PYTHON) sh requirements/lock.sh
+
+lock-upgrade:
+	PYTHON=$(PYTHON) sh requirements/lock.sh --upgrade
 
 # Tests use Debian's prometheus (promtool, and a real server end to end) and docker-compose
 # (to validate the compose file) for real; as root, install whichever is missing.
@@ -88,4 +96,4 @@ bench-quota: $(STAMP)
 	$(BIN)/python bench/quota_workload.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .venv-lock .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info
