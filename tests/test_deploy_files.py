@@ -398,6 +398,24 @@ def test_stop_grace_period_outlasts_drain_and_graceful_shutdown(
             assert int(period[:-1]) > graceful, f"{name}: stop_grace_period {period}"
 
 
+def test_readme_docker_run_outlasts_drain_and_graceful_shutdown() -> None:
+    """Plain `docker run` waits 10 s before SIGKILL unless told otherwise."""
+    defaults = Settings.model_fields
+    graceful = (
+        defaults["shutdown_drain_seconds"].default + defaults["shutdown_grace_seconds"].default
+    )
+    runs = [
+        line
+        for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("docker run ")
+    ]
+    assert runs, "the README shows how to run the image without compose"
+    for run in runs:
+        timeout = re.search(r"--stop-timeout[ =](\d+)", run)
+        assert timeout, f"{run}: --stop-timeout"
+        assert int(timeout[1]) > graceful, run
+
+
 def test_every_service_restarts_unless_stopped(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         assert service.get("restart") == "unless-stopped", name
