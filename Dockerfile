@@ -1,7 +1,7 @@
 # stock-service image: `docker build -t stock-service .` (docker-compose.yml builds it too).
 # Both stages use the same pinned base, so the venv's python symlinks stay valid.
 
-# -- build: install the project and its runtime dependencies into /opt/venv --------------
+# -- build: the locked dependencies, then the project, into /opt/venv ---------------------
 FROM python:3.11.11-slim-bookworm AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -9,10 +9,19 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
+# The lock's versions (`make lock` writes them), each file checked against its hashes: the
+# versions CI tested, not the newest of the day. A layer of its own, rebuilt when they change.
+COPY requirements/runtime.txt requirements/build.txt ./requirements/
+RUN pip install --no-cache-dir --require-hashes \
+        -r requirements/runtime.txt -r requirements/build.txt
+
 # README.md is the project's `readme` in pyproject.toml: the build needs it.
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install --no-cache-dir .
+# The project alone (its dependencies are in), built with the locked setuptools; then pip and
+# setuptools leave the venv: the runtime stage copies it and installs nothing.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && pip uninstall --yes pip setuptools
 
 # -- runtime: the venv only, no build tools, no source tree, not root ---------------------
 FROM python:3.11.11-slim-bookworm

@@ -4,17 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota clean
+.PHONY: install lock lock-upgrade tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota clean
 
-$(STAMP): pyproject.toml
+# From the lock (requirements/dev.txt), not the newest releases: every checkout and CI install
+# the same versions, checked against the hashes. The project itself goes in without
+# dependencies, built with the locked setuptools.
+$(STAMP): pyproject.toml requirements/dev.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
 		{ echo "python3 -m venv failed: on Debian, apt-get install python3-venv"; exit 1; }
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
 install: $(STAMP)
+
+# Recompiles requirements/*.txt from pyproject.toml's ranges (on Python 3.11, Linux x86_64):
+# `lock` after a dependency changes (other pins stay), `lock-upgrade` for the newest releases.
+lock:
+	PYTHON=$(PYTHON) sh requirements/lock.sh
+
+lock-upgrade:
+	PYTHON=$(PYTHON) sh requirements/lock.sh --upgrade
 
 # Tests use Debian's prometheus (promtool, and a real server end to end) and docker-compose
 # (to validate the compose file) for real; as root, install whichever is missing.
@@ -88,4 +99,4 @@ bench-quota: $(STAMP)
 	$(BIN)/python bench/quota_workload.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .venv-lock .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -127,6 +127,7 @@ def test_dockerfile_copies_nothing_that_dockerignore_excludes() -> None:
         for source in args.split()[:-1]
     ]
     assert {"pyproject.toml", "README.md", "app"} <= {s.rstrip("/") for s in sources}
+    assert "requirements/runtime.txt" in sources
     for source in sources:
         hits = [p for p in ignored if fnmatch.fnmatch(source.rstrip("/"), p)]
         assert not hits, f"COPY {source}: excluded by .dockerignore {hits}"
@@ -160,6 +161,56 @@ def test_pip_install_ships_every_package_under_app() -> None:
         '`[tool.setuptools] packages = ["app"]` by `[tool.setuptools.packages.find] '
         'include = ["app*"]`'
     )
+
+
+def pip_commands(stage: list[Instruction]) -> list[list[str]]:
+    """Each `pip ...` or `python -m pip ...` command of a stage's RUNs, split into words."""
+    commands = []
+    for run in arguments(stage, "RUN"):
+        for command in re.split(r"&&|;", run):
+            words = command.split()
+            if words[:3] == ["python", "-m", "pip"]:
+                words = words[2:]
+            if words[:1] == ["pip"]:
+                commands.append(words[1:])
+    return commands
+
+
+def requirement_files(words: list[str]) -> list[str]:
+    return [words[i + 1] for i, word in enumerate(words[:-1]) if word in {"-r", "--requirement"}]
+
+
+def test_dockerfile_installs_from_the_hashed_lock_and_the_project_without_deps() -> None:
+    """Every pip install takes the lock's pins, checked against their hashes, or installs the
+    project alone: nothing resolves to whatever is newest on the day of the build."""
+    build = dockerfile_stages()[0]
+    installs = [words for words in pip_commands(build) if words[0] == "install"]
+    locked = [words for words in installs if "--require-hashes" in words]
+    assert any("requirements/runtime.txt" in requirement_files(words) for words in locked), (
+        "pip install --require-hashes -r requirements/runtime.txt"
+    )
+    for words in installs:
+        assert words in locked or ("--no-deps" in words and words[-1] == "."), (
+            f"pip {' '.join(words)}: install from the lock with --require-hashes, or the "
+            "project with --no-deps"
+        )
+    copied = " ".join(arguments(build, "COPY"))
+    for words in locked:
+        for lock in requirement_files(words):
+            assert lock in copied, f"{lock} is not copied into the build stage"
+            assert (ROOT / lock).is_file(), f"{lock} is missing: make lock"
+
+
+def test_dockerfile_leaves_no_pip_or_setuptools_in_the_runtime_venv() -> None:
+    build, runtime = dockerfile_stages()[0], dockerfile_stages()[-1]
+    commands = pip_commands(build)
+    assert commands, "the build stage installs with pip"
+    last = commands[-1]
+    assert last[0] == "uninstall", "pip and setuptools leave the venv after the last install"
+    assert {"pip", "setuptools"} <= set(last[1:])
+    assert {"-y", "--yes"} & set(last), "uninstall without a prompt"
+    assert "/opt/venv /opt/venv" in " ".join(arguments(runtime, "COPY")), "the runtime copies it"
+    assert not pip_commands(runtime), "the runtime stage runs no pip"
 
 
 # -- .dockerignore ---------------------------------------------------------------------------
@@ -345,6 +396,24 @@ def test_stop_grace_period_outlasts_drain_and_graceful_shutdown(
             period = service.get("stop_grace_period", "10s")
             assert re.fullmatch(r"\d+s", period), f"{name}: stop_grace_period {period}"
             assert int(period[:-1]) > graceful, f"{name}: stop_grace_period {period}"
+
+
+def test_readme_docker_run_outlasts_drain_and_graceful_shutdown() -> None:
+    """Plain `docker run` waits 10 s before SIGKILL unless told otherwise."""
+    defaults = Settings.model_fields
+    graceful = (
+        defaults["shutdown_drain_seconds"].default + defaults["shutdown_grace_seconds"].default
+    )
+    runs = [
+        line
+        for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("docker run ")
+    ]
+    assert runs, "the README shows how to run the image without compose"
+    for run in runs:
+        timeout = re.search(r"--stop-timeout[ =](\d+)", run)
+        assert timeout, f"{run}: --stop-timeout"
+        assert int(timeout[1]) > graceful, run
 
 
 def test_every_service_restarts_unless_stopped(services: dict[str, dict[str, Any]]) -> None:
