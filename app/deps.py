@@ -15,24 +15,25 @@ from app.resources import Resources
 # which costs more than the whole rest of a cached answer.
 
 
-def resources_of(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
 
-async def get_resources(request: Request) -> Resources:
-    return resources_of(request)
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-async def get_breakers(request: Request) -> tuple[CircuitBreaker, ...]:
-    return resources_of(request).breakers
+async def get_breakers(resources: ResourcesDep) -> tuple[CircuitBreaker, ...]:
+    return resources.breakers
 
+
+BreakersDep = Annotated[tuple[CircuitBreaker, ...], Depends(get_breakers)]
 
 _bearer = HTTPBearer(auto_error=False)
 
 
 async def require_admin(
-    resources: Annotated[Resources, Depends(get_resources)],
+    resources: ResourcesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     token = resources.settings.admin_token
@@ -47,6 +48,5 @@ async def require_admin(
         )
 
 
-BreakersDep = Annotated[tuple[CircuitBreaker, ...], Depends(get_breakers)]
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
-AdminDep = Depends(require_admin)
+# For a route's `dependencies=[...]`: it answers nothing, it only refuses.
+ADMIN_ONLY = Depends(require_admin)

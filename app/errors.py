@@ -17,7 +17,13 @@ carry `retry_after`, in whole seconds, for the Retry-After header.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """Whole seconds for Retry-After, never 0: "retry now" would only be refused again."""
+    return max(1, math.ceil(seconds))
 
 
 class UpstreamError(Exception):

@@ -18,14 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from app.errors import Throttled
+from app.errors import Throttled, retry_after_seconds
 
 DAY = 86400.0
-
-
-def _seconds(value: float) -> int:
-    """Whole seconds for Retry-After, never 0: "retry now" would only be refused again."""
-    return max(1, math.ceil(value))
 
 
 class TokenBucket:
@@ -59,9 +54,9 @@ class TokenBucket:
         wait = max(0.0, (1.0 - self._tokens) / self.rate)
         if wait > max_wait:
             raise Throttled(
-                f"calls to Alpha Vantage are paced at {self.rate:g} a second and the queue is full",
+                f"calls are paced at {self.rate:g} a second and the queue is full",
                 "pacing",
-                _seconds(wait - max_wait),
+                retry_after_seconds(wait - max_wait),
             )
         self._tokens -= 1.0
         return wait
@@ -72,7 +67,7 @@ class TokenBucket:
 
 
 @dataclass(frozen=True, slots=True)
-class QuotaStatus:
+class QuotaUsage:
     limit: int
     used: int  # calls counted in the window
     remaining: int  # 0 while Alpha Vantage's own answer says the day's quota is spent
@@ -104,9 +99,9 @@ class DailyQuota:
         wait = self._wait(self._clock())
         if wait > 0:
             raise Throttled(
-                f"the daily quota of {self.limit} Alpha Vantage calls is spent",
+                f"the daily quota of {self.limit} calls is spent",
                 "quota",
-                _seconds(wait),
+                retry_after_seconds(wait),
             )
 
     def take(self) -> None:
@@ -121,11 +116,11 @@ class DailyQuota:
         self._expire(now)
         self._blocked_until = (self._calls[0] if self._calls else now) + self.window
 
-    def status(self) -> QuotaStatus:
+    def status(self) -> QuotaUsage:
         now = self._clock()
         self._expire(now)
         blocked_for = max(0.0, self._blocked_until - now)
-        return QuotaStatus(
+        return QuotaUsage(
             limit=self.limit,
             used=len(self._calls),
             remaining=0 if blocked_for else max(0, self.limit - len(self._calls)),
@@ -167,7 +162,7 @@ class Bulkhead:
                 await self._slots.acquire()
         except TimeoutError:
             raise Throttled(
-                f"{self.max_concurrency} calls to Alpha Vantage are already in flight",
+                f"{self.max_concurrency} calls are already in flight",
                 "bulkhead",
                 1,
             ) from None
@@ -230,14 +225,14 @@ class UpstreamLimits:
         the whole seconds until calls resume, for Retry-After."""
         if period == "day" and self.quota is not None:
             self.quota.exhaust()
-            return _seconds(self.quota.status().blocked_for)
+            return retry_after_seconds(self.quota.status().blocked_for)
         if period == "day":
             retry_after = DAY
         until = self._clock() + retry_after
         if until > self._paused_until:
             self._paused_until = until
             self._pause_reason = "quota" if period == "day" else "pacing"
-        return _seconds(self.paused_for())
+        return retry_after_seconds(self.paused_for())
 
     def paused_for(self) -> float:
         """Seconds left of the pause the upstream asked for; 0 when there is none."""
@@ -248,8 +243,8 @@ class UpstreamLimits:
         pause = self.paused_for()
         if pause > max_wait:
             raise Throttled(
-                f"calls are paused for {pause:.0f} s: the upstream said its limit is reached",
+                f"calls are paused for {pause:.0f} s after a rate-limit answer",
                 self._pause_reason,
-                _seconds(pause),
+                retry_after_seconds(pause),
             )
         return pause

@@ -92,7 +92,7 @@ def build_lane(name: str, settings: Settings, metrics: Metrics) -> Lane:
         success_threshold=settings.breaker_success_threshold,
         timeout=settings.breaker_timeout_seconds,
         half_open_max_calls=settings.breaker_half_open_max_calls,
-        failure_rate=failure_rate(settings),
+        failure_rate=failure_rate_policy(settings),
         backoff=Backoff(
             multiplier=settings.breaker_backoff_multiplier,
             # Never shorter than the first opening: a backoff must not shorten anything.
@@ -111,7 +111,8 @@ def build_lane(name: str, settings: Settings, metrics: Metrics) -> Lane:
     return Lane(breaker, Bulkhead(name, settings.upstream_max_concurrency))
 
 
-def failure_rate(settings: Settings) -> FailureRate | None:
+def failure_rate_policy(settings: Settings) -> FailureRate | None:
+    """The failure-rate mode's policy, or None in the consecutive-failures mode."""
     if settings.breaker_mode == "consecutive":
         return None
     count = settings.breaker_window == "count"

@@ -8,20 +8,32 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from app.alphavantage import DAILY, QUOTE, AlphaVantageClient
 from app.breaker import CircuitBreaker, CircuitOpenError
 from app.cache import SingleFlight, TTLCache
 from app.errors import RateLimited, Throttled, UpstreamError, UpstreamFailure
 from app.limits import Bulkhead, UpstreamLimits
-from app.metrics import Metrics
 from app.models import DailySeries, Quote, Source
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T", DailySeries, Quote)
 Key = tuple[str, str]  # (function, symbol)
+
+
+class ServiceEvents(Protocol):
+    """What the service reports as it answers; app.metrics.Metrics is the Prometheus one."""
+
+    def count_cache(self, function: str, result: str) -> None:
+        """A lookup's result: "hit" (fresh), "miss" (goes upstream) or "stale" (served)."""
+
+    def count_throttled(self, reason: str) -> None:
+        """A call held back, never sent: "pacing", "quota" or "bulkhead"."""
+
+    def observe_upstream(self, function: str, outcome: str, seconds: float) -> None:
+        """A call made upstream, its outcome (errors.OUTCOMES) and how long it took."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +53,13 @@ class StockService:
         lanes: Mapping[str, Lane],
         limits: UpstreamLimits,
         cache: TTLCache[Key, DailySeries | Quote],
-        metrics: Metrics,
+        events: ServiceEvents,
     ) -> None:
         self._client = client
         self._lanes = lanes
         self._limits = limits
         self._cache = cache
-        self._metrics = metrics
+        self._events = events
         self._flights: SingleFlight[Key, DailySeries | Quote] = SingleFlight()
 
     async def daily(self, symbol: str) -> tuple[DailySeries, Source]:
@@ -69,9 +81,9 @@ class StockService:
         key = (function, symbol)
         hit = self._cache.get(key)
         if hit is not None and hit.fresh:
-            self._metrics.count_cache(function, "hit")
-            return self._as(kind, hit.value), "cache"
-        self._metrics.count_cache(function, "miss")
+            self._events.count_cache(function, "hit")
+            return self._of_kind(kind, hit.value), "cache"
+        self._events.count_cache(function, "miss")
         lane = self._lanes[function]
         try:
             lane.breaker.check()  # an open breaker answers before a flight is set up
@@ -79,25 +91,26 @@ class StockService:
         except (UpstreamFailure, RateLimited, CircuitOpenError, Throttled) as exc:
             if hit is None:
                 raise
-            self._metrics.count_cache(function, "stale")
+            self._events.count_cache(function, "stale")
             logger.info(
                 "serving a stale copy",
                 extra={"function": function, "symbol": symbol, "cause": type(exc).__name__},
             )
-            return self._as(kind, hit.value), "stale"
-        return self._as(kind, value), "upstream"
+            return self._of_kind(kind, hit.value), "stale"
+        return self._of_kind(kind, value), "upstream"
 
     async def _fetch(self, key: Key, lane: Lane, fetch: Callable[[str], Awaitable[T]]) -> T:
         try:
             async with self._limits.admit(lane.bulkhead):
-                value = await lane.breaker.call(self._observed, key, fetch)
+                value = await lane.breaker.call(self._call_upstream, key, fetch)
         except Throttled as exc:
-            self._metrics.count_throttled(exc.reason)
-            raise
+            self._events.count_throttled(exc.reason)
+            detail = f"Alpha Vantage call held back: {exc.detail}"
+            raise Throttled(detail, exc.reason, exc.retry_after) from None
         self._cache.put(key, value)
         return value
 
-    async def _observed(self, key: Key, fetch: Callable[[str], Awaitable[T]]) -> T:
+    async def _call_upstream(self, key: Key, fetch: Callable[[str], Awaitable[T]]) -> T:
         function, symbol = key
         # Counted here, inside the breaker, so that a call the breaker refuses costs nothing.
         self._limits.count_call()
@@ -125,10 +138,10 @@ class StockService:
             outcome = "success"
             return value
         finally:
-            self._metrics.observe_upstream(function, outcome, time.perf_counter() - started)
+            self._events.observe_upstream(function, outcome, time.perf_counter() - started)
 
     @staticmethod
-    def _as(kind: type[T], value: DailySeries | Quote) -> T:
+    def _of_kind(kind: type[T], value: DailySeries | Quote) -> T:
         # One cache holds both kinds; the function in the key decides which one a value is.
         if not isinstance(value, kind):
             raise TypeError(f"cached {type(value).__name__} where {kind.__name__} belongs")

@@ -24,14 +24,14 @@ async def upstream_status(resources: ResourcesDep) -> UpstreamStatus:
     limits = resources.limits
     quota = None
     if limits.quota is not None:
-        now = limits.quota.status()
+        usage = limits.quota.status()
         quota = QuotaStatus(
-            limit=now.limit,
-            used=now.used,
-            remaining=now.remaining,
+            limit=usage.limit,
+            used=usage.used,
+            remaining=usage.remaining,
             window_seconds=limits.quota.window,
-            next_refill_at=_utc_in(now.next_refill_in),
-            blocked_until=_utc_in(now.blocked_for or None),
+            next_refill_at=_utc_in(usage.next_refill_in),
+            blocked_until=_utc_in(usage.blocked_for or None),
         )
     pacing = None
     if limits.pacing is not None:

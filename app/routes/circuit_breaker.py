@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from app.breaker import CircuitBreaker, Snapshot, State
-from app.deps import AdminDep, BreakersDep
+from app.deps import ADMIN_ONLY, BreakersDep
 from app.models import BreakerSnapshot, BreakerStatus, ErrorBody
 
 router = APIRouter(tags=["circuit breaker"])
@@ -76,7 +76,7 @@ async def breaker_state(breakers: BreakersDep) -> BreakerStatus:
 @router.post(
     "/circuit-breaker/open",
     response_model=BreakerStatus,
-    dependencies=[AdminDep],
+    dependencies=[ADMIN_ONLY],
     responses=ADMIN_ERRORS,
 )
 async def force_open(breakers: BreakersDep, breaker: BreakerName = None) -> BreakerStatus:
@@ -89,7 +89,7 @@ async def force_open(breakers: BreakersDep, breaker: BreakerName = None) -> Brea
 @router.post(
     "/circuit-breaker/reset",
     response_model=BreakerStatus,
-    dependencies=[AdminDep],
+    dependencies=[ADMIN_ONLY],
     responses=ADMIN_ERRORS,
 )
 async def reset(breakers: BreakersDep, breaker: BreakerName = None) -> BreakerStatus:
