@@ -15,8 +15,8 @@ from app.breaker import (
     Listener,
     Outcome,
     State,
-    _TimeWindow,
 )
+from app.breaker._window import TimeWindow
 from tests.conftest import FakeClock
 
 
@@ -849,7 +849,7 @@ def test_time_window_memory_is_bounded() -> None:
     for seconds, buckets in ((0.5, 1), (2.5, 3), (60, 60), (10**9, 600)):
         rate = FailureRate(0.5, window_calls=None, window_seconds=seconds)
         window = CircuitBreaker("x", failure_rate=rate)._window
-        assert isinstance(window, _TimeWindow)
+        assert isinstance(window, TimeWindow)
         assert len(window._bucket_calls) == buckets
 
 
