@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -24,3 +25,16 @@ class Backoff:
             )
         if not 0 <= self.jitter < 1:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+
+
+def reopen_timeout(
+    backoff: Backoff, timeout: float, reopens: int, random: Callable[[], float]
+) -> float:
+    """How long the k-th consecutive re-open lasts, k = `reopens` >= 1, for a breaker whose
+    opening from CLOSED lasts `timeout`. Draws the jitter from `random()`, once a call."""
+    try:
+        grown = timeout * backoff.multiplier**reopens
+    except OverflowError:  # multiplier**k past 1e308: long past any cap (unless timeout is 0)
+        grown = math.inf if timeout else 0.0
+    jittered = grown * (1 + backoff.jitter * (2 * random() - 1))
+    return float(min(backoff.max_timeout, jittered))

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import ParamSpec, TypeVar
 
-from app.breaker._backoff import Backoff
+from app.breaker._backoff import Backoff, reopen_timeout
 from app.breaker._types import (
     CircuitOpenError,
     Listener,
@@ -325,15 +325,9 @@ class CircuitBreaker:
 
     def _reopen_timeout(self) -> float:
         """The open timeout of the k-th consecutive re-open, k = self._reopens >= 1."""
-        backoff = self._backoff
-        if backoff is None:
+        if self._backoff is None:
             return self.timeout
-        try:
-            grown = self.timeout * backoff.multiplier**self._reopens
-        except OverflowError:  # multiplier**k past 1e308: long past any cap (unless timeout is 0)
-            grown = math.inf if self.timeout else 0.0
-        jittered = grown * (1 + backoff.jitter * (2 * self._random() - 1))
-        return float(min(backoff.max_timeout, jittered))
+        return reopen_timeout(self._backoff, self.timeout, self._reopens, self._random)
 
     def _set_state(self, new: State) -> tuple[State, State]:
         """Change state (callers opening use _open, which also sets the timeout)."""
