@@ -21,7 +21,7 @@ from app.breaker._types import (
     State,
     count_every_exception,
 )
-from app.breaker._window import CountWindow, FailureRate, TimeWindow, Window
+from app.breaker._window import FailureRate, new_window
 
 # The package's name, not this private module's: operators filter the logs on "app.breaker"
 # (docs/runbook.md), as they did when the breaker was one module.
@@ -81,14 +81,7 @@ class CircuitBreaker:
         self._backoff = backoff
         self._random = random
 
-        self._window: Window | None
-        if failure_rate is None:
-            self._window = None
-        elif failure_rate.window_calls is not None:
-            self._window = CountWindow(failure_rate, failure_rate.window_calls)
-        else:
-            assert failure_rate.window_seconds is not None  # FailureRate checked it
-            self._window = TimeWindow(failure_rate, failure_rate.window_seconds, clock())
+        self._window = None if failure_rate is None else new_window(failure_rate, clock)
         # Whether every CLOSED call must be timed and settled, success or not. One flag, so
         # the consecutive-mode fast path pays nothing for the failure-rate mode.
         self._watched = bool(self._listeners) or self._window is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # A time window of T seconds has ceil(T) buckets (each at most a second wide) up to this many;
@@ -175,3 +176,11 @@ class TimeWindow(Window):
         n = len(self._bucket_calls)
         self._bucket_calls, self._bucket_failures, self._bucket_slow = [0] * n, [0] * n, [0] * n
         self.calls = self.failures = self.slow = 0
+
+
+def new_window(rate: FailureRate, clock: Callable[[], float]) -> Window:
+    """An empty window of the kind `rate` asks for; only a time window reads the clock."""
+    if rate.window_calls is not None:
+        return CountWindow(rate, rate.window_calls)
+    assert rate.window_seconds is not None  # FailureRate checked it
+    return TimeWindow(rate, rate.window_seconds, clock())
