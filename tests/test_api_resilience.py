@@ -1,6 +1,6 @@
 """Pacing, the daily quota, the bulkhead, per-function breakers and the adaptive breaker,
 through the HTTP API against the in-process simulator (tests/test_limits.py and
-tests/test_breaker.py test the policies themselves on a fake clock)."""
+tests/breaker/ test the policies themselves on a fake clock)."""
 
 from __future__ import annotations
 

@@ -1,346 +1,37 @@
-"""An asyncio circuit breaker. Standard library only: take it out and reuse it.
-
-CLOSED counts consecutive failures and opens at `failure_threshold`. OPEN rejects at once
-until `timeout` has passed; then the breaker is HALF_OPEN, which admits at most
-`half_open_max_calls` probes at a time and closes after `success_threshold` consecutive
-successes, or re-opens on the first failure.
-
-Two options, both off by default:
-- `failure_rate=FailureRate(...)`: CLOSED judges a window of recent calls instead, the last N
-  (a ring buffer) or those of the last T seconds (a ring of buckets of at most a second, as
-  resilience4j does, so memory does not grow with the call rate; a call leaves the window
-  between T - bucket and T seconds after it ended). Once the window holds `minimum_calls`, it
-  opens when the share of failures, or of slow calls, reaches its threshold. The window
-  starts empty at every state change.
-- `backoff=Backoff(...)`: each consecutive re-open from HALF_OPEN multiplies the open timeout,
-  with jitter and a cap, so a dependency that stays down is probed less and less often. The
-  first opening from CLOSED always waits exactly `timeout`; closing starts the count again.
-
-Design, after sony/gobreaker:
-- Transitions are lazy and computed from timestamps: no background tasks or timers.
-- Every state change starts a new generation. A call remembers the generation that admitted
-  it, and a result from an older generation changes nothing, so a slow call started before a
-  trip cannot close the breaker later.
-- Bookkeeping never awaits. On an event loop, code without an await cannot be interleaved,
-  so a check and the transition it decides are one atomic step, and a cancellation can never
-  land between taking a probe slot and giving it back.
-- The slow-path admission (OPEN past its timeout, HALF_OPEN probe slots) runs under an
-  `asyncio.Lock` that is never held across the protected call. The hot paths (a CLOSED call,
-  an OPEN rejection) only read, and take no lock.
-- Listeners hear of transitions, call outcomes and rejections after the state is committed;
-  one that raises is logged and ignored.
-"""
+"""CircuitBreaker, the state machine the package is about, and Guard, its context manager.
+The package docstring (app/breaker/__init__.py) gives the rules and the design."""
 
 from __future__ import annotations
 
-import abc
 import asyncio
-import enum
 import logging
 import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, ParamSpec, Protocol, TypeVar
+from typing import ParamSpec, TypeVar
 
-__all__ = [
-    "Backoff",
-    "CircuitBreaker",
-    "CircuitOpenError",
-    "FailureRate",
-    "Listener",
-    "Outcome",
-    "Snapshot",
-    "State",
-]
+from app.breaker._backoff import Backoff, reopen_timeout
+from app.breaker._types import (
+    CircuitOpenError,
+    Listener,
+    Outcome,
+    Snapshot,
+    State,
+    count_every_exception,
+)
+from app.breaker._window import FailureRate, new_window
 
-logger = logging.getLogger(__name__)
+# The package's name, not this private module's: operators filter the logs on "app.breaker"
+# (docs/runbook.md), as they did when the breaker was one module.
+logger = logging.getLogger("app.breaker")
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-
-class State(enum.Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
 # Module constants: reading an enum member through its class costs a lookup on every call.
 _CLOSED, _OPEN, _HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
-
-# A time window of T seconds has ceil(T) buckets (each at most a second wide) up to this many;
-# a longer window gets wider buckets, so even an absurd window_seconds has bounded memory.
-_MAX_BUCKETS = 600
-
-
-class Outcome(enum.Enum):
-    """How an admitted call ended, as far as the breaker is concerned."""
-
-    SUCCESS = "success"
-    FAILURE = "failure"  # an exception that is_failure counts
-    IGNORED = "ignored"  # an exception that is_failure does not count
-    CANCELLED = "cancelled"  # CancelledError (or another BaseException): no verdict
-
-
-@dataclass(frozen=True, slots=True)
-class FailureRate:
-    """Open CLOSED on the share of failed (or slow) calls in a window, not on a run of them.
-
-    Set exactly one of `window_calls` (the last N calls) and `window_seconds` (the calls that
-    ended in the last T seconds, to within a bucket: a second, or T / 600 past 600 seconds);
-    the default is a count window, so a time window needs `window_calls=None`.
-    """
-
-    threshold: float  # open when failures / calls in the window >= this (0 < threshold <= 1)
-    minimum_calls: int = 10  # no verdict until the window holds this many calls
-    window_calls: int | None = 20
-    window_seconds: float | None = None
-    slow_call_seconds: float | None = None  # a call this long or longer is slow, whatever it did
-    slow_call_threshold: float = 1.0  # open when slow calls / calls >= this (0 < x <= 1)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        if not 0 < self.slow_call_threshold <= 1:
-            raise ValueError(
-                f"slow_call_threshold must be in (0, 1], got {self.slow_call_threshold}"
-            )
-        if self.minimum_calls < 1:
-            raise ValueError(f"minimum_calls must be at least 1, got {self.minimum_calls}")
-        if (self.window_calls is None) == (self.window_seconds is None):
-            raise ValueError(
-                "set exactly one of window_calls and window_seconds "
-                "(window_calls=None for a time window)"
-            )
-        if self.window_calls is not None:
-            if self.window_calls < 1:
-                raise ValueError(f"window_calls must be at least 1, got {self.window_calls}")
-            # A count window never holds more than window_calls: it could never give a verdict.
-            if self.minimum_calls > self.window_calls:
-                raise ValueError(
-                    f"minimum_calls ({self.minimum_calls}) must not exceed "
-                    f"window_calls ({self.window_calls})"
-                )
-        if self.window_seconds is not None and not (
-            math.isfinite(self.window_seconds) and self.window_seconds > 0
-        ):
-            raise ValueError(
-                f"window_seconds must be a finite number of seconds > 0, got {self.window_seconds}"
-            )
-        if self.slow_call_seconds is not None and not (
-            math.isfinite(self.slow_call_seconds) and self.slow_call_seconds > 0
-        ):
-            raise ValueError(
-                "slow_call_seconds must be a finite number of seconds > 0, "
-                f"got {self.slow_call_seconds}"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """The k-th consecutive re-open from HALF_OPEN stays open for
-    min(max_timeout, timeout * multiplier**k * uniform(1 - jitter, 1 + jitter))."""
-
-    multiplier: float = 2.0  # >= 1
-    max_timeout: float = 300.0  # seconds, >= 0
-    jitter: float = 0.1  # 0 <= jitter < 1
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
-            raise ValueError(f"multiplier must be a finite number >= 1, got {self.multiplier}")
-        if not (math.isfinite(self.max_timeout) and self.max_timeout >= 0):
-            raise ValueError(
-                f"max_timeout must be a finite number of seconds >= 0, got {self.max_timeout}"
-            )
-        if not 0 <= self.jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
-
-
-class CircuitOpenError(Exception):
-    """Raised instead of calling the protected function. A fresh instance every time."""
-
-    # The fields live in `args` and are read back through properties: a rejection is the hot
-    # path of an open breaker, and a Python-level __init__ would double its cost.
-    if TYPE_CHECKING:
-
-        def __init__(self, name: str, state: State, retry_after: float) -> None: ...
-
-    @property
-    def name(self) -> str:
-        name: str = self.args[0]
-        return name
-
-    @property
-    def state(self) -> State:
-        state: State = self.args[1]
-        return state
-
-    @property
-    def retry_after(self) -> float:
-        """Seconds until the breaker admits a probe (0 when HALF_OPEN is merely full)."""
-        retry_after: float = self.args[2]
-        return retry_after
-
-    def __str__(self) -> str:
-        return (
-            f"circuit breaker {self.name!r} is {self.state.value}; "
-            f"retry after {self.retry_after:.1f}s"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The breaker as it is at one instant. Times are wall-clock seconds since the epoch."""
-
-    name: str
-    state: State
-    failure_count: int  # consecutive failures, or in failure-rate mode failures in the window
-    success_count: int
-    failure_threshold: int
-    success_threshold: int
-    timeout: float
-    half_open_max_calls: int
-    last_failure_time: float | None
-    opened_at: float | None
-    retry_after: float
-    forced_open: bool
-    open_timeout: float  # of the current or latest opening, backoff included
-    reopens: int  # consecutive re-opens from HALF_OPEN since the breaker last closed
-    mode: Literal["consecutive", "failure_rate"]
-    window_calls: int  # calls in the window (0 in consecutive mode)
-    failure_rate: float | None  # over the window; None in consecutive mode or when it is empty
-    slow_call_rate: float | None  # likewise
-
-
-class Listener(Protocol):
-    """Receives the breaker's events. Subclass it and override what you need."""
-
-    def state_changed(self, breaker: CircuitBreaker, old: State, new: State) -> None:
-        return None
-
-    def call_finished(self, breaker: CircuitBreaker, outcome: Outcome, duration: float) -> None:
-        return None
-
-    def call_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None:
-        return None
-
-
-def count_every_exception(exc: Exception) -> bool:
-    return True
-
-
-class _Window(abc.ABC):
-    """The calls CLOSED settled lately, as running totals, and the verdict on them."""
-
-    __slots__ = ("_slow_after", "calls", "failures", "rate", "slow")
-
-    def __init__(self, rate: FailureRate) -> None:
-        self.rate = rate
-        # Without a slow-call limit no duration is slow, and 0 slow calls never reach a
-        # slow_call_threshold above 0: the verdict needs no branch for it.
-        self._slow_after = math.inf if rate.slow_call_seconds is None else rate.slow_call_seconds
-        self.calls = self.failures = self.slow = 0
-
-    def record(self, now: float, failed: bool, duration: float) -> bool:
-        """Add a settled call; True when the window now says to open."""
-        self._add(now, failed, duration >= self._slow_after)
-        calls, rate = self.calls, self.rate
-        return calls >= rate.minimum_calls and (
-            self.failures / calls >= rate.threshold or self.slow / calls >= rate.slow_call_threshold
-        )
-
-    @abc.abstractmethod
-    def _add(self, now: float, failed: bool, slow: bool) -> None: ...
-
-    @abc.abstractmethod
-    def expire(self, now: float) -> None:
-        """Forget the calls that have aged out by `now`."""
-
-    @abc.abstractmethod
-    def clear(self) -> None: ...
-
-
-class _CountWindow(_Window):
-    """The last N calls: a ring of flags (1 failed, 2 slow), O(1) per call."""
-
-    __slots__ = ("_next", "_ring")
-
-    def __init__(self, rate: FailureRate, size: int) -> None:
-        super().__init__(rate)
-        self._ring = bytearray(size)
-        self._next = 0
-
-    def _add(self, now: float, failed: bool, slow: bool) -> None:
-        ring, i = self._ring, self._next
-        if self.calls == len(ring):  # full: the oldest call, in this slot, drops out
-            old = ring[i]
-            self.failures -= old & 1
-            self.slow -= old >> 1
-        else:
-            self.calls += 1
-        ring[i] = failed | slow << 1
-        self.failures += failed
-        self.slow += slow
-        self._next = i + 1 if i + 1 < len(ring) else 0
-
-    def expire(self, now: float) -> None:
-        return None  # calls leave a count window only when newer ones push them out
-
-    def clear(self) -> None:
-        # Slots are read only once the ring is full, and by then all have been rewritten.
-        self.calls = self.failures = self.slow = self._next = 0
-
-
-class _TimeWindow(_Window):
-    """The calls of the last T seconds, in a ring of n buckets of T / n seconds each. Bucket
-    number floor(now / width) lives in slot number % n; the window is the newest n buckets,
-    so a call counts for between T - width and T seconds."""
-
-    __slots__ = ("_bucket_calls", "_bucket_failures", "_bucket_slow", "_head", "_width")
-
-    def __init__(self, rate: FailureRate, seconds: float, now: float) -> None:
-        super().__init__(rate)
-        n = min(math.ceil(seconds), _MAX_BUCKETS)
-        self._width = seconds / n
-        self._bucket_calls = [0] * n
-        self._bucket_failures = [0] * n
-        self._bucket_slow = [0] * n
-        self._head = math.floor(now / self._width)  # the newest bucket's number
-
-    def _add(self, now: float, failed: bool, slow: bool) -> None:
-        self.expire(now)
-        i = self._head % len(self._bucket_calls)
-        self._bucket_calls[i] += 1
-        self._bucket_failures[i] += failed
-        self._bucket_slow[i] += slow
-        self.calls += 1
-        self.failures += failed
-        self.slow += slow
-
-    def expire(self, now: float) -> None:
-        head = math.floor(now / self._width)
-        if head <= self._head:  # still the newest bucket (or a clock that stepped back)
-            return
-        n = len(self._bucket_calls)
-        if head - self._head >= n:
-            self.clear()
-        else:
-            # Empty the buckets between the old head and the new one, now the oldest.
-            for number in range(self._head + 1, head + 1):
-                i = number % n
-                self.calls -= self._bucket_calls[i]
-                self.failures -= self._bucket_failures[i]
-                self.slow -= self._bucket_slow[i]
-                self._bucket_calls[i] = self._bucket_failures[i] = self._bucket_slow[i] = 0
-        self._head = head
-
-    def clear(self) -> None:
-        n = len(self._bucket_calls)
-        self._bucket_calls, self._bucket_failures, self._bucket_slow = [0] * n, [0] * n, [0] * n
-        self.calls = self.failures = self.slow = 0
 
 
 class CircuitBreaker:
@@ -379,18 +70,18 @@ class CircuitBreaker:
         self._is_failure = is_failure
         self._clock = clock
         self._listeners = tuple(listeners)
+        # Serializes the slow-path admission (_admit: OPEN past its timeout, HALF_OPEN probe
+        # slots). Nothing under it awaits yet, so on one event loop that is atomic anyway and
+        # the lock is never contended; the hot paths never take it, and an uncontended
+        # `async with` on it costs about 5 bare awaits. It is there for the next step, which
+        # gives that admission an await (a state store shared between replicas): from then on
+        # callers could interleave between reading the state and taking a probe slot, and the
+        # lock is what keeps a check and the transition it decides one step.
         self._lock = asyncio.Lock()
         self._backoff = backoff
         self._random = random
 
-        self._window: _Window | None
-        if failure_rate is None:
-            self._window = None
-        elif failure_rate.window_calls is not None:
-            self._window = _CountWindow(failure_rate, failure_rate.window_calls)
-        else:
-            assert failure_rate.window_seconds is not None  # FailureRate checked it
-            self._window = _TimeWindow(failure_rate, failure_rate.window_seconds, clock())
+        self._window = None if failure_rate is None else new_window(failure_rate, clock)
         # Whether every CLOSED call must be timed and settled, success or not. One flag, so
         # the consecutive-mode fast path pays nothing for the failure-rate mode.
         self._watched = bool(self._listeners) or self._window is not None
@@ -627,15 +318,9 @@ class CircuitBreaker:
 
     def _reopen_timeout(self) -> float:
         """The open timeout of the k-th consecutive re-open, k = self._reopens >= 1."""
-        backoff = self._backoff
-        if backoff is None:
+        if self._backoff is None:
             return self.timeout
-        try:
-            grown = self.timeout * backoff.multiplier**self._reopens
-        except OverflowError:  # multiplier**k past 1e308: long past any cap (unless timeout is 0)
-            grown = math.inf if self.timeout else 0.0
-        jittered = grown * (1 + backoff.jitter * (2 * self._random() - 1))
-        return float(min(backoff.max_timeout, jittered))
+        return reopen_timeout(self._backoff, self.timeout, self._reopens, self._random)
 
     def _set_state(self, new: State) -> tuple[State, State]:
         """Change state (callers opening use _open, which also sets the timeout)."""

@@ -1,0 +1,67 @@
+"""An asyncio circuit breaker. Standard library only: take it out and reuse it.
+
+CLOSED counts consecutive failures and opens at `failure_threshold`. OPEN rejects at once
+until `timeout` has passed; then the breaker is HALF_OPEN, which admits at most
+`half_open_max_calls` probes at a time and closes after `success_threshold` consecutive
+successes, or re-opens on the first failure.
+
+Two options, both off by default:
+- `failure_rate=FailureRate(...)`: CLOSED judges a window of recent calls instead, the last N
+  (a ring buffer) or those of the last T seconds (a ring of buckets of at most a second, as
+  resilience4j does, so memory does not grow with the call rate; a call leaves the window
+  between T - bucket and T seconds after it ended). Once the window holds `minimum_calls`, it
+  opens when the share of failures, or of slow calls, reaches its threshold. The window
+  starts empty at every state change.
+- `backoff=Backoff(...)`: each consecutive re-open from HALF_OPEN multiplies the open timeout,
+  with jitter and a cap, so a dependency that stays down is probed less and less often. The
+  first opening from CLOSED always waits exactly `timeout`; closing starts the count again.
+
+Design, after sony/gobreaker:
+- Transitions are lazy and computed from timestamps: no background tasks or timers.
+- Every state change starts a new generation. A call remembers the generation that admitted
+  it, and a result from an older generation changes nothing, so a slow call started before a
+  trip cannot close the breaker later.
+- Bookkeeping never awaits. On an event loop, code without an await cannot be interleaved,
+  so a check and the transition it decides are one atomic step, and a cancellation can never
+  land between taking a probe slot and giving it back.
+- The slow-path admission (OPEN past its timeout, HALF_OPEN probe slots) runs under an
+  `asyncio.Lock` that is never held across the protected call. Nothing under it awaits yet:
+  it is there for the shared state store to come, whose await would otherwise let callers
+  interleave (see CircuitBreaker.__init__). The hot paths (a CLOSED call, an OPEN rejection)
+  only read, and take no lock.
+- Listeners hear of transitions, call outcomes and rejections after the state is committed;
+  one that raises is logged and ignored.
+
+Modules, each private to this package, which re-exports the public names (`__all__`; import
+them from `app.breaker`, never from the modules):
+- `_breaker.py`: CircuitBreaker, the state machine, and Guard, its context manager.
+- `_types.py`: State, Outcome, Snapshot, CircuitOpenError, the Listener protocol, and
+  count_every_exception (the default `is_failure`).
+- `_window.py`: FailureRate and the count and time windows it sets up.
+- `_backoff.py`: Backoff.
+"""
+
+from app.breaker._backoff import Backoff
+from app.breaker._breaker import CircuitBreaker, Guard
+from app.breaker._types import (
+    CircuitOpenError,
+    Listener,
+    Outcome,
+    Snapshot,
+    State,
+    count_every_exception,
+)
+from app.breaker._window import FailureRate
+
+__all__ = [
+    "Backoff",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "FailureRate",
+    "Guard",
+    "Listener",
+    "Outcome",
+    "Snapshot",
+    "State",
+    "count_every_exception",
+]
