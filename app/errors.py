@@ -84,6 +84,13 @@ class UpstreamTimeout(UpstreamFailure):
     outcome = "timeout"
 
 
+def is_upstream_failure(exc: Exception) -> bool:
+    """What a breaker in front of Alpha Vantage counts: its own failures, and bugs. An unknown
+    symbol is a good answer about a bad question, a rate limit is a throttle, not an outage,
+    and a throttled call was never made: none says anything about Alpha Vantage's health."""
+    return not isinstance(exc, UpstreamError) or isinstance(exc, UpstreamFailure)
+
+
 # Label values for the upstream-calls metric, so every series exists from the start.
 OUTCOMES = (
     "success",

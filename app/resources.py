@@ -10,7 +10,7 @@ from app import alphavantage
 from app.alphavantage import AlphaVantageClient
 from app.breaker import Backoff, CircuitBreaker, FailureRate
 from app.cache import TTLCache
-from app.errors import UpstreamError, UpstreamFailure
+from app.errors import is_upstream_failure
 from app.limits import Bulkhead, DailyQuota, TokenBucket, UpstreamLimits
 from app.metrics import Metrics
 from app.models import DailySeries, Quote
@@ -99,12 +99,7 @@ def build_lane(name: str, settings: Settings, metrics: Metrics) -> Lane:
             max_timeout=max(settings.breaker_backoff_max_seconds, settings.breaker_timeout_seconds),
             jitter=settings.breaker_backoff_jitter,
         ),
-        # Only the upstream's own failures (and bugs) count. An unknown symbol is a good
-        # answer about a bad question, a rate limit is a throttle, not an outage, and a
-        # throttled call was never made: none says anything about Alpha Vantage's health.
-        is_failure=lambda exc: (
-            not isinstance(exc, UpstreamError) or isinstance(exc, UpstreamFailure)
-        ),
+        is_failure=is_upstream_failure,
         listeners=[metrics],
     )
     metrics.watch(breaker)

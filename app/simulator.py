@@ -1,5 +1,8 @@
 """A built-in Alpha Vantage simulator: a Starlette app answering in Alpha Vantage's real shapes.
 
+Over 300 lines because about a third of it is Alpha Vantage's own message texts, kept word
+for word beside the fault modes that send them.
+
 Run it with `python -m app.simulator --host 127.0.0.1 --port 8081`.
 
 `GET /query` serves TIME_SERIES_DAILY (compact: the latest 100 weekdays up to today, UTC;

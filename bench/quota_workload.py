@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import alphavantage
 from app.breaker import CircuitBreaker, CircuitOpenError
 from app.cache import TTLCache
-from app.errors import Throttled, UnknownSymbol, UpstreamError
+from app.errors import UpstreamError, is_upstream_failure
 from app.limits import Bulkhead, DailyQuota, TokenBucket, UpstreamLimits
 from app.metrics import Metrics
 from app.models import DailySeries, Quote
@@ -97,9 +97,7 @@ async def no_sleep(seconds: float) -> None:
 async def run(config: Config, seconds: int) -> tuple[int, Counter[str]]:
     clock = FakeClock()
     upstream = CountingUpstream()
-    breaker = CircuitBreaker(
-        "bench", is_failure=lambda exc: not isinstance(exc, UnknownSymbol | Throttled), clock=clock
-    )
+    breaker = CircuitBreaker("bench", is_failure=is_upstream_failure, clock=clock)
     lane = Lane(breaker, Bulkhead("bench", 4))
     upstream_limits = UpstreamLimits(
         pacing=TokenBucket(config.rate, 1, clock=clock) if config.rate else None,
