@@ -49,7 +49,12 @@ class Throttled(UpstreamError):
         self.retry_after = retry_after
 
 
-THROTTLE_REASONS = ("pacing", "quota", "bulkhead")
+# "store": the shared state store did not answer, so the budget could not be checked.
+THROTTLE_REASONS = ("pacing", "quota", "bulkhead", "store")
+
+
+class StoreUnavailable(Exception):
+    """The shared state store did not answer in time, or failed. Not an upstream error."""
 
 
 class UpstreamFailure(UpstreamError):

@@ -17,10 +17,15 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-from app.errors import Throttled, retry_after_seconds
+from app.errors import StoreUnavailable, Throttled, retry_after_seconds
 
 DAY = 86400.0
+# What a store keeps under a key: a JSON document, or None for nothing yet.
+State = dict[str, Any] | None
+R = TypeVar("R")
+STORE_RETRY_AFTER = 5  # seconds: a store outage is usually short, and clients should come back
 
 
 class TokenBucket:
@@ -64,6 +69,16 @@ class TokenBucket:
     def _refill(self, now: float) -> None:
         self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.rate)
         self._updated = now
+
+    def dump(self) -> State:
+        return {"tokens": self._tokens, "updated": self._updated}
+
+    @classmethod
+    def load(cls, rate: float, burst: int, clock: Callable[[], float], state: State) -> TokenBucket:
+        bucket = cls(rate, burst, clock)
+        if state is not None:
+            bucket._tokens, bucket._updated = state["tokens"], state["updated"]
+        return bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +157,22 @@ class DailyQuota:
         while calls and calls[0] <= horizon:
             calls.popleft()
 
+    def dump(self) -> State:
+        self._expire(self._clock())
+        blocked = None if self._blocked_until == -math.inf else self._blocked_until
+        return {"calls": list(self._calls), "blocked_until": blocked}
+
+    @classmethod
+    def load(
+        cls, limit: int, window: float, clock: Callable[[], float], state: State
+    ) -> DailyQuota:
+        quota = cls(limit, window, clock)
+        if state is not None:
+            quota._calls.extend(state["calls"])
+            if state["blocked_until"] is not None:
+                quota._blocked_until = state["blocked_until"]
+        return quota
+
 
 class Bulkhead:
     """At most `max_concurrency` calls at once; the rest wait a bounded time or are refused,
@@ -174,24 +205,52 @@ class Bulkhead:
             self._slots.release()
 
 
+class SharedState(Protocol):
+    """Where the limits keep what every process calling with one API key must agree on
+    (app/state has the memory, SQLite and Redis ones). Values are JSON documents."""
+
+    async def update(self, key: str, change: Callable[[State, float], tuple[State, R]]) -> R:
+        """Atomically across processes: call `change(value, now)` with the value at `key`
+        (None if there is none) and the store's clock in seconds, store the value it
+        returns, and return its result. If `change` raises, nothing is stored. Raises
+        StoreUnavailable when the store does not answer in time."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsStatus:
+    quota: QuotaUsage | None  # None when the quota is off
+    tokens: float | None  # the pacing bucket; None when pacing is off
+    paused_for: float  # seconds left of a pause an upstream rate-limit answer asked for
+
+
 class UpstreamLimits:
     """Pacing and the daily quota, shared by every call made with one API key, and the pause
-    the upstream asks for when it answers that a limit is reached."""
+    the upstream asks for when it answers that a limit is reached. Their state lives in
+    `state` under keys derived from `key` (a digest of the API key, never the key), so that
+    every process and replica sharing the store shares one budget."""
 
     def __init__(
         self,
+        state: SharedState,
         *,
-        pacing: TokenBucket | None,
-        quota: DailyQuota | None,
+        key: str,
+        pacing: tuple[float, int] | None,  # (rate a second, burst)
+        quota: tuple[int, float] | None,  # (calls, window in seconds)
         max_wait: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if pacing is not None:
+            TokenBucket(*pacing)  # validates
+        if quota is not None:
+            DailyQuota(*quota)
         self.pacing = pacing
         self.quota = quota
         self.max_wait = max_wait
+        self.last_quota: QuotaUsage | None = None  # for the metrics, read at scrape time
+        self._state = state
+        self._keys = {name: f"limits:{key}:{name}" for name in ("quota", "pacing", "pause")}
         self._clock = clock
-        self._paused_until = -math.inf
-        self._pause_reason = "pacing"
 
     @asynccontextmanager
     async def admit(self, bulkhead: Bulkhead) -> AsyncIterator[None]:
@@ -201,50 +260,125 @@ class UpstreamLimits:
         or a pause made them wait."""
         deadline = self._clock() + self.max_wait
         if self.quota is not None:
-            self.quota.check()  # no use waiting for a turn the quota would refuse
-        self._pause_left(self.max_wait)
+            await self._on_quota(DailyQuota.check)  # no use waiting for a turn it would refuse
+        await self._pause_left(self.max_wait)
         async with bulkhead.slot(self.max_wait):
-            pause = self._pause_left(max(0.0, deadline - self._clock()))
+            pause = await self._pause_left(max(0.0, deadline - self._clock()))
             if pause > 0:
                 await asyncio.sleep(pause)
             if self.pacing is not None:
-                wait = self.pacing.reserve(max(0.0, deadline - self._clock()))
+                budget = max(0.0, deadline - self._clock())
+                wait = await self._on_bucket(lambda bucket: bucket.reserve(budget))
                 if wait > 0:
                     await asyncio.sleep(wait)
             yield
 
-    def count_call(self) -> None:
+    async def count_call(self) -> None:
         """Count a call about to be made against the quota (Throttled if it is spent)."""
         if self.quota is not None:
-            self.quota.take()
+            await self._on_quota(DailyQuota.take)
 
-    def limit_reached(self, period: str | None, retry_after: float) -> int:
+    async def limit_reached(self, period: str | None, retry_after: float) -> int:
         """The upstream answered that a limit is reached: make no call for `retry_after`
         seconds. A per-day answer means the key is spent, quota on or off: with the quota on,
         until its window frees up; with it off (no ledger to tell), for a whole day. Returns
         the whole seconds until calls resume, for Retry-After."""
         if period == "day" and self.quota is not None:
-            self.quota.exhaust()
-            return retry_after_seconds(self.quota.status().blocked_for)
+            await self._on_quota(DailyQuota.exhaust)
+            return retry_after_seconds(await self._on_quota(lambda q: q.status().blocked_for))
         if period == "day":
             retry_after = DAY
-        until = self._clock() + retry_after
-        if until > self._paused_until:
-            self._paused_until = until
-            self._pause_reason = "quota" if period == "day" else "pacing"
-        return retry_after_seconds(self.paused_for())
+        reason = "quota" if period == "day" else "pacing"
 
-    def paused_for(self) -> float:
-        """Seconds left of the pause the upstream asked for; 0 when there is none."""
-        return max(0.0, self._paused_until - self._clock())
+        def extend(pause: Pause) -> float:
+            pause.extend(retry_after, reason)
+            return pause.left()
 
-    def _pause_left(self, max_wait: float) -> float:
+        return retry_after_seconds(await self._on_pause(extend))
+
+    async def status(self) -> LimitsStatus:
+        quota = None
+        if self.quota is not None:
+            quota = await self._on_quota(DailyQuota.status)
+        tokens = None
+        if self.pacing is not None:
+            tokens = await self._on_bucket(TokenBucket.tokens)
+        return LimitsStatus(quota, tokens, await self._on_pause(Pause.left))
+
+    async def _pause_left(self, max_wait: float) -> float:
         """Seconds left of the pause, or Throttled if that is longer than `max_wait`."""
-        pause = self.paused_for()
-        if pause > max_wait:
+        pause = await self._on_pause(lambda p: (p.left(), p.reason))
+        left, reason = pause
+        if left > max_wait:
             raise Throttled(
-                f"calls are paused for {pause:.0f} s after a rate-limit answer",
-                self._pause_reason,
-                retry_after_seconds(pause),
+                f"calls are paused for {left:.0f} s after a rate-limit answer",
+                reason,
+                retry_after_seconds(left),
             )
-        return pause
+        return left
+
+    async def _on_quota(self, use: Callable[[DailyQuota], R]) -> R:
+        assert self.quota is not None
+        limit, window = self.quota
+
+        def change(state: State, now: float) -> tuple[State, R]:
+            quota = DailyQuota.load(limit, window, lambda: now, state)
+            result = use(quota)
+            self.last_quota = quota.status()
+            return quota.dump(), result
+
+        return await self._update("quota", change)
+
+    async def _on_bucket(self, use: Callable[[TokenBucket], R]) -> R:
+        assert self.pacing is not None
+        rate, burst = self.pacing
+
+        def change(state: State, now: float) -> tuple[State, R]:
+            bucket = TokenBucket.load(rate, burst, lambda: now, state)
+            result = use(bucket)
+            return bucket.dump(), result
+
+        return await self._update("pacing", change)
+
+    async def _on_pause(self, use: Callable[[Pause], R]) -> R:
+        def change(state: State, now: float) -> tuple[State, R]:
+            pause = Pause.load(now, state)
+            result = use(pause)
+            return pause.dump(), result
+
+        return await self._update("pause", change)
+
+    async def _update(self, name: str, change: Callable[[State, float], tuple[State, R]]) -> R:
+        try:
+            return await self._state.update(self._keys[name], change)
+        except StoreUnavailable:
+            # The budget cannot be proven: better no call than an overdrawn key.
+            raise Throttled(
+                "the shared state store does not answer, so the budget cannot be checked",
+                "store",
+                STORE_RETRY_AFTER,
+            ) from None
+
+
+class Pause:
+    """No call before `until` (store clock), for the `reason` it is counted under."""
+
+    def __init__(self, now: float, until: float = -math.inf, reason: str = "pacing") -> None:
+        self._now = now
+        self.until = until
+        self.reason = reason
+
+    def left(self) -> float:
+        return max(0.0, self.until - self._now)
+
+    def extend(self, seconds: float, reason: str) -> None:
+        """Pause for `seconds` from now, unless a longer pause is set already."""
+        if self._now + seconds > self.until:
+            self.until, self.reason = self._now + seconds, reason
+
+    def dump(self) -> State:
+        return None if self.until == -math.inf else {"until": self.until, "reason": self.reason}
+
+    @classmethod
+    def load(cls, now: float, state: State) -> Pause:
+        return cls(now) if state is None else cls(now, state["until"], state["reason"])

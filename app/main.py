@@ -20,6 +20,7 @@ from app.middleware import RequestContextMiddleware
 from app.resources import build_resources, upstream_connections
 from app.routes import circuit_breaker, ops, stock, upstream
 from app.settings import Settings, load_settings
+from app.state import describe, open_state
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def create_app(
                 resolved.log_level,
                 [secret.get_secret_value() for secret in secrets if secret is not None],
             )
+        state = open_state(resolved.state_url, resolved.state_timeout_seconds)
         async with httpx.AsyncClient(
             timeout=resolved.upstream_timeout_seconds,
             headers={"User-Agent": "stock-service"},
@@ -54,7 +56,7 @@ def create_app(
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             transport=upstream_transport,
         ) as http:
-            app.state.resources = build_resources(resolved, http, metrics)
+            app.state.resources = build_resources(resolved, http, metrics, state)
             # Everything built so far lives as long as the process: keep it out of the garbage
             # collector's full passes, which would otherwise stall requests for milliseconds.
             gc.freeze()
@@ -64,6 +66,7 @@ def create_app(
                 "started",
                 extra={
                     "upstream": resolved.alphavantage_base_url,
+                    "state": describe(resolved.state_url),
                     "breakers": [b.name for b in app.state.resources.breakers],
                 },
             )
@@ -73,6 +76,7 @@ def create_app(
                 app.state.ready = False
                 restore_sigterm()
                 await app.state.resources.service.aclose()
+                await state.aclose()
 
     app = FastAPI(
         title="stock-service",

@@ -53,9 +53,9 @@ class _UpstreamLimits:
         self.bulkheads: list[Bulkhead] = []
 
     def collect(self) -> Iterable[Metric]:
-        quota = self.limits.quota if self.limits is not None else None
-        if quota is not None:  # no series at all when the quota is off
-            status = quota.status()
+        # As the last quota operation or /metrics' own refresh left it (the store is async).
+        status = self.limits.last_quota if self.limits is not None else None
+        if status is not None:  # no series at all when the quota is off
             yield GaugeMetricFamily(
                 "stock_api_upstream_quota_limit",
                 "Upstream calls allowed in a rolling day (UPSTREAM_DAILY_QUOTA).",

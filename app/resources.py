@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import httpx
+from pydantic import SecretStr
 
 from app import alphavantage
 from app.alphavantage import AlphaVantageClient
 from app.breaker import Backoff, CircuitBreaker, FailureRate
 from app.cache import TTLCache
 from app.errors import is_upstream_failure
-from app.limits import Bulkhead, DailyQuota, TokenBucket, UpstreamLimits
+from app.limits import DAY, Bulkhead, SharedState, UpstreamLimits
 from app.metrics import Metrics
 from app.models import DailySeries, Quote
 from app.rendering import Renderer
@@ -41,7 +43,15 @@ def upstream_connections(settings: Settings) -> int:
     return settings.upstream_max_concurrency * lanes
 
 
-def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> Resources:
+def key_digest(api_key: SecretStr) -> str:
+    """Names the key's shared state: the same for every process using the key, different
+    for another key, and no use to anyone who reads the store."""
+    return hashlib.sha256(api_key.get_secret_value().encode()).hexdigest()[:16]
+
+
+def build_resources(
+    settings: Settings, http: httpx.AsyncClient, metrics: Metrics, state: SharedState
+) -> Resources:
     if settings.breaker_scope == "function":
         names = {f: f"{BREAKER_NAME}_{f.lower()}" for f in alphavantage.FUNCTIONS}
     else:
@@ -49,12 +59,14 @@ def build_resources(settings: Settings, http: httpx.AsyncClient, metrics: Metric
     lanes_by_name = {name: build_lane(name, settings, metrics) for name in names.values()}
     lanes = {function: lanes_by_name[name] for function, name in names.items()}
     limits = UpstreamLimits(
+        state,
+        key=key_digest(settings.alphavantage_api_key),
         pacing=(
-            TokenBucket(settings.upstream_rate_per_second, settings.upstream_burst)
+            (settings.upstream_rate_per_second, settings.upstream_burst)
             if settings.upstream_rate_per_second > 0
             else None
         ),
-        quota=DailyQuota(settings.upstream_daily_quota) if settings.upstream_daily_quota else None,
+        quota=(settings.upstream_daily_quota, DAY) if settings.upstream_daily_quota else None,
         max_wait=settings.upstream_max_wait_seconds,
     )
     bulkheads = tuple(lane.bulkhead for lane in lanes_by_name.values())

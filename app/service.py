@@ -113,7 +113,7 @@ class StockService:
     async def _call_upstream(self, key: Key, fetch: Callable[[str], Awaitable[T]]) -> T:
         function, symbol = key
         # Counted here, inside the breaker, so that a call the breaker refuses costs nothing.
-        self._limits.count_call()
+        await self._limits.count_call()
         outcome = "error"
         started = time.perf_counter()
         try:
@@ -123,7 +123,7 @@ class StockService:
             if isinstance(exc, RateLimited):
                 # Retry-After says when this service will call again, which may be later
                 # than the period named (a per-day answer blocks until the window frees up).
-                exc.retry_after = self._limits.limit_reached(exc.period, exc.retry_after)
+                exc.retry_after = await self._limits.limit_reached(exc.period, exc.retry_after)
             if isinstance(exc, UpstreamFailure | RateLimited):
                 logger.warning(
                     "upstream call failed: %s",

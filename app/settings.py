@@ -8,6 +8,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.state import check_state_url
+
 ALPHAVANTAGE_URL = "https://www.alphavantage.co/query"
 
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -67,6 +69,9 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: Seconds = 2.0
     shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 20
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Where the budget, pacing and pauses shared by every process live (app/state).
+    state_url: str = "sqlite:///stock-service-state.db"
+    state_timeout_seconds: PositiveSeconds = 0.5
 
     @field_validator("alphavantage_api_key", mode="before")
     @classmethod
@@ -85,6 +90,12 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _usable_state_url(cls, value: str) -> str:
+        check_state_url(value)
         return value
 
     @model_validator(mode="after")

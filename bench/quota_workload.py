@@ -34,10 +34,11 @@ from app import alphavantage
 from app.breaker import CircuitBreaker, CircuitOpenError
 from app.cache import TTLCache
 from app.errors import UpstreamError, is_upstream_failure
-from app.limits import Bulkhead, DailyQuota, TokenBucket, UpstreamLimits
+from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
 from app.models import DailySeries, Quote
 from app.service import Lane, StockService
+from app.state import MemoryState
 
 SYMBOLS = 100
 ZIPF_S = 1.0
@@ -100,8 +101,10 @@ async def run(config: Config, seconds: int) -> tuple[int, Counter[str]]:
     breaker = CircuitBreaker("bench", is_failure=is_upstream_failure, clock=clock)
     lane = Lane(breaker, Bulkhead("bench", 4))
     upstream_limits = UpstreamLimits(
-        pacing=TokenBucket(config.rate, 1, clock=clock) if config.rate else None,
-        quota=DailyQuota(config.quota, clock=clock) if config.quota else None,
+        MemoryState(clock),
+        key="bench",
+        pacing=(config.rate, 1) if config.rate else None,
+        quota=(config.quota, DAY) if config.quota else None,
         max_wait=2.0,
         clock=clock,
     )

@@ -51,6 +51,7 @@ def make_settings(**overrides: object) -> Settings:
         "alphavantage_api_key": API_KEY,
         "alphavantage_base_url": "http://simulator/query",
         "admin_token": ADMIN_TOKEN,
+        "state_url": "memory://",  # in-process: nothing shared, no file left behind
         # As `python -m app` runs against the simulator: pacing and the daily quota off.
         **{name.lower(): value for name, value in SIMULATOR_DEFAULTS.items()},
     }

@@ -9,6 +9,7 @@ and `ServerPool.close()` stops every one of them, and whatever children they lef
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -167,6 +168,7 @@ class ServerPool:
     def __init__(self, log_dir: Path) -> None:
         self._log_dir = log_dir
         self._servers: list[ServerProcess] = []
+        self._state_files = itertools.count(1)
 
     def start_simulator(self) -> ServerProcess:
         def command(port: int) -> list[str]:
@@ -193,6 +195,9 @@ class ServerPool:
         variables = {
             "ALPHAVANTAGE_BASE_URL": f"{simulator.url}/query",
             **SIMULATOR_DEFAULTS,  # as `python -m app` has it; a test may turn them on
+            # The default store, in a file of its own: services share state only when a
+            # test names the same STATE_URL for them.
+            "STATE_URL": f"sqlite:///{self._log_dir}/state-{next(self._state_files)}.db",
             **settings,
         }
         return self._start("service", command, variables, ready_path="/healthz", cwd=self._log_dir)

@@ -2,12 +2,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
-from app.errors import Throttled
-from app.limits import DAY, Bulkhead, DailyQuota, TokenBucket, UpstreamLimits
+from app.errors import StoreUnavailable, Throttled
+from app.limits import DAY, Bulkhead, DailyQuota, State, TokenBucket, UpstreamLimits
+from app.state import MemoryState
 from tests.conftest import FakeClock
+
+R = TypeVar("R")
 
 # -- TokenBucket ---------------------------------------------------------------------------
 
@@ -174,24 +179,34 @@ async def test_bulkhead_frees_its_slot_when_the_call_fails_or_is_cancelled() -> 
 # -- UpstreamLimits ------------------------------------------------------------------------
 
 
+def make_limits(
+    clock: FakeClock | None = None,
+    *,
+    pacing: tuple[float, int] | None = None,
+    quota: tuple[int, float] | None = None,
+    max_wait: float = 0,
+) -> UpstreamLimits:
+    """Limits on a memory store that reads `clock` (the real clocks without one)."""
+    state = MemoryState() if clock is None else MemoryState(clock)
+    kwargs = {} if clock is None else {"clock": clock}
+    return UpstreamLimits(state, key="k", pacing=pacing, quota=quota, max_wait=max_wait, **kwargs)
+
+
 async def test_admit_checks_the_quota_before_taking_a_slot_or_a_token() -> None:
     clock = FakeClock()
-    quota = DailyQuota(limit=1, clock=clock)
-    pacing = TokenBucket(rate=1, burst=1, clock=clock)
-    limits = UpstreamLimits(pacing=pacing, quota=quota, max_wait=2, clock=clock)
+    limits = make_limits(clock, pacing=(1, 1), quota=(1, DAY), max_wait=2)
     bulkhead = Bulkhead("b", 1)
     async with limits.admit(bulkhead):
-        limits.count_call()
+        await limits.count_call()
     with pytest.raises(Throttled) as caught:
         async with limits.admit(bulkhead):
             pass
     assert caught.value.reason == "quota"
-    assert pacing.tokens() == 0  # the refused call took no token
+    assert (await limits.status()).tokens == 0  # the refused call took no token
 
 
 async def test_admit_waits_for_a_paced_turn_within_max_wait() -> None:
-    pacing = TokenBucket(rate=50, burst=1)  # real clock: turns 20 ms apart
-    limits = UpstreamLimits(pacing=pacing, quota=None, max_wait=1)
+    limits = make_limits(pacing=(50, 1), max_wait=1)  # real clock: turns 20 ms apart
     bulkhead = Bulkhead("b", 4)
     loop = asyncio.get_running_loop()
     started: list[float] = []
@@ -207,9 +222,7 @@ async def test_admit_waits_for_a_paced_turn_within_max_wait() -> None:
 
 async def test_admit_refuses_pacing_waits_over_max_wait() -> None:
     clock = FakeClock()
-    limits = UpstreamLimits(
-        pacing=TokenBucket(rate=1, burst=1, clock=clock), quota=None, max_wait=0, clock=clock
-    )
+    limits = make_limits(clock, pacing=(1, 1), max_wait=0)
     bulkhead = Bulkhead("b", 4)
     async with limits.admit(bulkhead):
         pass
@@ -220,10 +233,43 @@ async def test_admit_refuses_pacing_waits_over_max_wait() -> None:
     assert bulkhead.in_flight == 0  # the refused call gave its slot back
 
 
-def test_count_call_does_nothing_without_a_quota() -> None:
-    limits = UpstreamLimits(pacing=None, quota=None, max_wait=2)
+async def test_count_call_does_nothing_without_a_quota() -> None:
+    limits = make_limits()
     for _ in range(100):
-        limits.count_call()
+        await limits.count_call()
+    assert (await limits.status()).quota is None
+
+
+async def test_the_state_is_the_stores_so_limits_over_one_store_share_one_budget() -> None:
+    """Two processes' limits over one store, as SQLite or Redis give them: one budget."""
+    clock = FakeClock()
+    state = MemoryState(clock)
+    first, second = (
+        UpstreamLimits(state, key="k", pacing=None, quota=(2, DAY), max_wait=0, clock=clock)
+        for _ in range(2)
+    )
+    await first.count_call()
+    await second.count_call()
+    for limits in (first, second):
+        with pytest.raises(Throttled):
+            await limits.count_call()
+    other_key = UpstreamLimits(state, key="other", pacing=None, quota=(2, DAY), max_wait=0)
+    await other_key.count_call()  # another API key has a budget of its own
+
+
+async def test_a_store_that_does_not_answer_makes_no_call_possible() -> None:
+    """No upstream call while the budget cannot be proven."""
+
+    class DeadState:
+        async def update(self, key: str, change: Callable[[State, float], tuple[State, R]]) -> R:
+            raise StoreUnavailable("down")
+
+    limits = UpstreamLimits(DeadState(), key="k", pacing=None, quota=(25, DAY), max_wait=0)
+    with pytest.raises(Throttled) as caught:
+        async with limits.admit(Bulkhead("b", 1)):
+            pass
+    assert caught.value.reason == "store"
+    assert "store" in caught.value.detail
 
 
 # -- the upstream's own limit answers --------------------------------------------------------
@@ -247,35 +293,32 @@ async def test_a_short_limit_pauses_calls_for_its_period_and_leaves_the_day_alon
     period: str | None, seconds: int
 ) -> None:
     clock = FakeClock()
-    quota = DailyQuota(limit=25, clock=clock)
-    limits = UpstreamLimits(
-        pacing=TokenBucket(rate=1, burst=1, clock=clock), quota=quota, max_wait=0, clock=clock
-    )
-    limits.limit_reached(period, seconds)
+    limits = make_limits(clock, pacing=(1, 1), quota=(25, DAY))
+    assert await limits.limit_reached(period, seconds) == seconds
     with pytest.raises(Throttled) as caught:
         await admitted_or_raise(limits)
     assert (caught.value.reason, caught.value.retry_after) == ("pacing", seconds)
-    assert limits.paused_for() == seconds
+    assert (await limits.status()).paused_for == seconds
     clock.advance(seconds - 0.5)
     assert not await admitted(limits)
     clock.advance(0.5)
     assert await admitted(limits)
-    assert quota.status().remaining == 25
-    assert quota.status().blocked_for == 0
+    quota = (await limits.status()).quota
+    assert quota is not None
+    assert (quota.remaining, quota.blocked_for) == (25, 0)
 
 
 async def test_a_shorter_pause_never_cuts_a_longer_one() -> None:
-    clock = FakeClock()
-    limits = UpstreamLimits(pacing=None, quota=None, max_wait=0, clock=clock)
-    limits.limit_reached("minute", 60)
-    limits.limit_reached("second", 1)
-    assert limits.paused_for() == 60
+    limits = make_limits(FakeClock())
+    await limits.limit_reached("minute", 60)
+    assert await limits.limit_reached("second", 1) == 60
+    assert (await limits.status()).paused_for == 60
 
 
 async def test_admit_waits_out_a_short_pause_within_max_wait() -> None:
-    limits = UpstreamLimits(pacing=None, quota=None, max_wait=1)  # real clock
+    limits = make_limits(max_wait=1)  # real clock
     loop = asyncio.get_running_loop()
-    limits.limit_reached("second", 0.05)
+    await limits.limit_reached("second", 0.05)
     started = loop.time()
     assert await admitted(limits)
     assert loop.time() - started >= 0.04
@@ -283,16 +326,17 @@ async def test_admit_waits_out_a_short_pause_within_max_wait() -> None:
 
 async def test_a_daily_answer_spends_the_quota_until_its_window_frees_up() -> None:
     clock = FakeClock()
-    quota = DailyQuota(limit=25, clock=clock)
-    limits = UpstreamLimits(pacing=None, quota=quota, max_wait=0, clock=clock)
+    limits = make_limits(clock, quota=(25, DAY))
     async with limits.admit(Bulkhead("b", 1)):
-        limits.count_call()
+        await limits.count_call()
     clock.advance(100)
-    limits.limit_reached("day", 3600)
+    assert await limits.limit_reached("day", 3600) == DAY - 100
     with pytest.raises(Throttled) as caught:
         await admitted_or_raise(limits)
     assert (caught.value.reason, caught.value.retry_after) == ("quota", DAY - 100)
-    assert quota.status().remaining == 0
+    quota = (await limits.status()).quota
+    assert quota is not None
+    assert quota.remaining == 0
     clock.advance(DAY - 101)
     assert not await admitted(limits)
     clock.advance(1)
@@ -302,8 +346,8 @@ async def test_a_daily_answer_spends_the_quota_until_its_window_frees_up() -> No
 async def test_a_daily_answer_stops_calls_for_a_day_with_the_quota_off_too() -> None:
     """A key that says it is spent is spent, whatever the service counts."""
     clock = FakeClock()
-    limits = UpstreamLimits(pacing=None, quota=None, max_wait=0, clock=clock)
-    limits.limit_reached("day", 3600)
+    limits = make_limits(clock)
+    assert await limits.limit_reached("day", 3600) == DAY
     with pytest.raises(Throttled) as caught:
         await admitted_or_raise(limits)
     assert (caught.value.reason, caught.value.retry_after) == ("quota", DAY)

@@ -14,10 +14,11 @@ from app.alphavantage import AlphaVantageClient
 from app.breaker import CircuitBreaker
 from app.cache import TTLCache
 from app.errors import Throttled, is_upstream_failure
-from app.limits import Bulkhead, DailyQuota, UpstreamLimits
+from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.models import DailySeries, Quote
 from app.service import Lane, ServiceEvents, StockService
 from app.simulator import create_simulator
+from app.state import MemoryState
 from tests.conftest import FakeClock
 
 
@@ -51,7 +52,7 @@ async def service(events: RecordedEvents) -> AsyncIterator[StockService]:
         )
         lane = Lane(CircuitBreaker("test", is_failure=is_upstream_failure), Bulkhead("test", 4))
         limits = UpstreamLimits(
-            pacing=None, quota=DailyQuota(limit=1, clock=clock), max_wait=0, clock=clock
+            MemoryState(clock), key="k", pacing=None, quota=(1, DAY), max_wait=0, clock=clock
         )
         cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
             ttl=60, stale=3600, max_entries=100, clock=clock

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.deps import ResourcesDep
+from app.errors import Throttled
 from app.metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["operations"])
@@ -26,4 +29,6 @@ async def readyz(request: Request) -> dict[str, str] | JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(resources: ResourcesDep) -> Response:
+    with contextlib.suppress(Throttled):  # the store is down: the gauges keep their last value
+        await resources.limits.status()  # refreshes the quota gauges
     return Response(resources.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -22,28 +22,26 @@ async def upstream_status(resources: ResourcesDep) -> UpstreamStatus:
     """What the service still allows itself to ask of Alpha Vantage: the daily quota, the
     pacing bucket and the bulkheads."""
     limits = resources.limits
+    status = await limits.status()
     quota = None
-    if limits.quota is not None:
-        usage = limits.quota.status()
+    if limits.quota is not None and status.quota is not None:
+        usage = status.quota
         quota = QuotaStatus(
             limit=usage.limit,
             used=usage.used,
             remaining=usage.remaining,
-            window_seconds=limits.quota.window,
+            window_seconds=limits.quota[1],
             next_refill_at=_utc_in(usage.next_refill_in),
             blocked_until=_utc_in(usage.blocked_for or None),
         )
     pacing = None
-    if limits.pacing is not None:
-        pacing = PacingStatus(
-            rate_per_second=limits.pacing.rate,
-            burst=limits.pacing.burst,
-            tokens=round(limits.pacing.tokens(), 3),
-        )
+    if limits.pacing is not None and status.tokens is not None:
+        rate, burst = limits.pacing
+        pacing = PacingStatus(rate_per_second=rate, burst=burst, tokens=round(status.tokens, 3))
     return UpstreamStatus(
         quota=quota,
         pacing=pacing,
-        paused_until=_utc_in(limits.paused_for() or None),
+        paused_until=_utc_in(status.paused_for or None),
         max_wait_seconds=limits.max_wait,
         bulkheads=[
             BulkheadStatus(name=b.name, max_concurrency=b.max_concurrency, in_flight=b.in_flight)

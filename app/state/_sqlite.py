@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from app.errors import StoreUnavailable
+from app.limits import State
+
+R = TypeVar("R")
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+class SqliteState:
+    """State in a SQLite file, shared by every process that opens it, kept across restarts.
+
+    Each update is one `BEGIN IMMEDIATE` transaction, which SQLite serialises across
+    processes; WAL keeps readers off the writers' backs, and a committed write survives
+    `kill -9` of its process. Calls run on one thread of their own, so the event loop only
+    ever waits on a future, and each is bounded by `timeout` (SQLite's busy timeout too).
+    The clock is the host's wall clock: every process on the host reads the same one.
+    """
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.url = f"sqlite:///{path}"
+        self._path = Path(path)
+        self._timeout = timeout
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="state-sqlite")
+        self._connection: sqlite3.Connection | None = None
+
+    async def update(self, key: str, change: Callable[[State, float], tuple[State, R]]) -> R:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await loop.run_in_executor(self._thread, self._update, key, change)
+        except (TimeoutError, sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"SQLite {self._path}: {type(exc).__name__}") from None
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._close)
+        self._thread.shutdown(wait=False)
+
+    # -- on the store's thread -----------------------------------------------------------
+
+    def _update(self, key: str, change: Callable[[State, float], tuple[State, R]]) -> R:
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            value, result = change(json.loads(row[0]) if row else None, time.time())
+            db.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+            db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL: a commit survives the process's death (kill -9), not a power cut.
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(SCHEMA)
+            self._connection = db
+        return self._connection
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

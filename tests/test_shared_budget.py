@@ -1,0 +1,112 @@
+"""One budget for every process using one key, across restarts: real service processes on
+127.0.0.1 sharing a store (the default, SQLite) against a real simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.simulator import FaultMode
+from tests.servers import ServerPool, ServerProcess, SimulatorControl, async_http_client
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = {
+    "ALPHAVANTAGE_API_KEY": "SHARED-BUDGET-KEY",
+    "UPSTREAM_RATE_PER_SECOND": "0",  # the budget is what is under test, not the pace
+    "SHUTDOWN_DRAIN_SECONDS": "0",
+}
+_serial = itertools.count(1)
+
+
+def state_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/shared-state.db"
+
+
+def start_services(
+    servers: ServerPool, simulator: ServerProcess, count: int, **settings: str
+) -> list[ServerProcess]:
+    return [servers.start_service(simulator, SETTINGS | settings) for _ in range(count)]
+
+
+async def get_misses(services: Iterable[ServerProcess], per_service: int) -> list[int]:
+    """`per_service` concurrent misses (distinct symbols) on each service; their statuses."""
+
+    async def miss(service: ServerProcess) -> int:
+        async with async_http_client(service.url) as api:
+            return (await api.get(f"/stock/S{next(_serial)}")).status_code
+
+    jobs = [miss(service) for service in services for _ in range(per_service)]
+    return list(await asyncio.gather(*jobs))
+
+
+async def upstream_calls(simulator: ServerProcess) -> int:
+    async with async_http_client(simulator.url) as client:
+        return sum((await SimulatorControl(client).calls()).values())
+
+
+async def quota_used(service: ServerProcess) -> int:
+    async with async_http_client(service.url) as api:
+        used: int = (await api.get("/upstream")).json()["quota"]["used"]
+        return used
+
+
+async def test_two_processes_and_a_restart_spend_one_budget(
+    servers: ServerPool, tmp_path: Path
+) -> None:
+    """Each process used to spend its own 3, and a restarted one its 3 again: 9 calls."""
+    simulator = servers.start_simulator()
+    shared = {"UPSTREAM_DAILY_QUOTA": "3", "STATE_URL": state_url(tmp_path)}
+    first, second = start_services(servers, simulator, 2, **shared)
+
+    statuses = await get_misses([first], 2) + await get_misses([second], 2)
+    assert sorted(statuses) == [200, 200, 200, 503]
+    first.stop()
+    (restarted,) = start_services(servers, simulator, 1, **shared)
+    assert await get_misses([restarted, second], 2) == [503] * 4
+
+    assert await upstream_calls(simulator) == 3
+    assert await quota_used(restarted) == 3
+
+
+async def test_processes_racing_for_the_last_units_spend_exactly_the_limit(
+    servers: ServerPool, tmp_path: Path
+) -> None:
+    simulator = servers.start_simulator()
+    services = start_services(
+        servers, simulator, 3, UPSTREAM_DAILY_QUOTA="10", STATE_URL=state_url(tmp_path)
+    )
+    statuses = await get_misses(services, 12)  # 36 concurrent misses for 10 units
+    assert statuses.count(200) == 10
+    assert statuses.count(503) == 26
+    assert await upstream_calls(simulator) == 10
+
+
+async def test_a_call_made_by_a_process_killed_mid_flight_stays_counted(
+    servers: ServerPool, tmp_path: Path
+) -> None:
+    simulator = servers.start_simulator()
+    async with async_http_client(simulator.url) as client:
+        await SimulatorControl(client).set_fault(FaultMode.SLOW, delay_seconds=5)
+    shared = {"UPSTREAM_DAILY_QUOTA": "3", "STATE_URL": state_url(tmp_path)}
+    (doomed,) = start_services(servers, simulator, 1, **shared)
+
+    async with async_http_client(doomed.url) as api:
+        in_flight = asyncio.create_task(api.get("/stock/INFLIGHT"))
+        deadline = time.monotonic() + 5
+        while await upstream_calls(simulator) == 0:  # the call is on its way upstream
+            assert time.monotonic() < deadline, "the call never reached the simulator"
+            await asyncio.sleep(0.02)
+        doomed.stop(signal.SIGKILL)
+        with pytest.raises(httpx.TransportError):
+            await in_flight
+
+    (successor,) = start_services(servers, simulator, 1, **shared)
+    assert await quota_used(successor) == 1
