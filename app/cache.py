@@ -52,8 +52,10 @@ class TTLCache(Generic[K, V]):
         self._entries.move_to_end(key)
         return Hit(value, age < self._ttl)
 
-    def put(self, key: K, value: V) -> None:
-        self._entries[key] = (value, self._clock())
+    def put(self, key: K, value: V, age: float = 0.0) -> None:
+        """Keep `value`, fetched `age` seconds ago (elsewhere, when it comes from the shared
+        tier): it is fresh for what is left of its TTL, not a whole one."""
+        self._entries[key] = (value, self._clock() - age)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)

@@ -49,8 +49,9 @@ class Throttled(UpstreamError):
         self.retry_after = retry_after
 
 
-# "store": the shared state store did not answer, so the budget could not be checked.
-THROTTLE_REASONS = ("pacing", "quota", "bulkhead", "store")
+# "store": the shared state store did not answer, so the budget could not be checked;
+# "flight": another process's call for the same data did not land within the wait allowed.
+THROTTLE_REASONS = ("pacing", "quota", "bulkhead", "store", "flight")
 
 
 class StoreUnavailable(Exception):

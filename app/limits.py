@@ -212,8 +212,9 @@ class SharedState(Protocol):
     async def update(self, key: str, change: Callable[[State, float], tuple[State, R]]) -> R:
         """Atomically across processes: call `change(value, now)` with the value at `key`
         (None if there is none) and the store's clock in seconds, store the value it
-        returns, and return its result. If `change` raises, nothing is stored. Raises
-        StoreUnavailable when the store does not answer in time."""
+        returns (unless it is the very object it was given: nothing changed), and return
+        its result. If `change` raises, nothing is stored. Raises StoreUnavailable when
+        the store does not answer in time. What the limits store never expires."""
         ...
 
 

@@ -13,12 +13,14 @@ from app.alphavantage import AlphaVantageClient
 from app.breaker import Backoff, CircuitBreaker, FailureRate
 from app.cache import TTLCache
 from app.errors import is_upstream_failure
-from app.limits import DAY, Bulkhead, SharedState, UpstreamLimits
+from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
 from app.models import DailySeries, Quote
 from app.rendering import Renderer
 from app.service import Lane, StockService
 from app.settings import Settings
+from app.shared_cache import SharedCache
+from app.state import StateStore
 
 BREAKER_NAME = "alphavantage"  # the shared breaker; with BREAKER_SCOPE=function, a prefix
 
@@ -50,7 +52,10 @@ def key_digest(api_key: SecretStr) -> str:
 
 
 def build_resources(
-    settings: Settings, http: httpx.AsyncClient, metrics: Metrics, state: SharedState
+    settings: Settings,
+    http: httpx.AsyncClient,
+    metrics: Metrics,
+    state: StateStore,
 ) -> Resources:
     if settings.breaker_scope == "function":
         names = {f: f"{BREAKER_NAME}_{f.lower()}" for f in alphavantage.FUNCTIONS}
@@ -84,7 +89,15 @@ def build_resources(
         stale=settings.cache_stale_seconds,
         max_entries=settings.cache_max_entries,
     )
-    service = StockService(client, lanes, limits, cache, metrics)
+    shared = SharedCache(
+        state,
+        namespace=key_digest(settings.alphavantage_api_key),
+        ttl=settings.cache_ttl_seconds,
+        stale=settings.cache_stale_seconds,
+        # A holder that dies blocks the key no longer than its call could have taken.
+        lease_seconds=settings.upstream_timeout_seconds + settings.upstream_max_wait_seconds,
+    )
+    service = StockService(client, lanes, limits, cache, shared, metrics)
     return Resources(
         settings=settings,
         http=http,

@@ -1,5 +1,7 @@
 """Stock data with caching, coalescing and graceful degradation around the upstream limits
-and the breaker: a miss passes quota, bulkhead and pacing (app/limits.py), then the breaker."""
+and the breaker. A miss in this process's cache looks in the tier every process shares
+(app/shared_cache.py), joins a flight under way in any process, or passes quota, bulkhead
+and pacing (app/limits.py), then the breaker."""
 
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ from app.cache import SingleFlight, TTLCache
 from app.errors import RateLimited, Throttled, UpstreamError, UpstreamFailure
 from app.limits import Bulkhead, UpstreamLimits
 from app.models import DailySeries, Quote, Source
+from app.shared_cache import SharedCache, SharedHit
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T", DailySeries, Quote)
 Key = tuple[str, str]  # (function, symbol)
+# What a stale copy may stand in for: failures, throttles and rejections, not bad questions.
+FAILURES = (UpstreamFailure, RateLimited, CircuitOpenError, Throttled)
 
 
 class ServiceEvents(Protocol):
@@ -53,14 +58,16 @@ class StockService:
         lanes: Mapping[str, Lane],
         limits: UpstreamLimits,
         cache: TTLCache[Key, DailySeries | Quote],
+        shared: SharedCache,
         events: ServiceEvents,
     ) -> None:
         self._client = client
         self._lanes = lanes
         self._limits = limits
         self._cache = cache
+        self._shared = shared
         self._events = events
-        self._flights: SingleFlight[Key, DailySeries | Quote] = SingleFlight()
+        self._flights: SingleFlight[Key, tuple[DailySeries | Quote, Source]] = SingleFlight()
 
     async def daily(self, symbol: str) -> tuple[DailySeries, Source]:
         return await self._get(DAILY, symbol, self._client.daily, DailySeries)
@@ -87,28 +94,92 @@ class StockService:
         lane = self._lanes[function]
         try:
             lane.breaker.check()  # an open breaker answers before a flight is set up
-            value = await self._flights.run(key, lambda: self._fetch(key, lane, fetch))
-        except (UpstreamFailure, RateLimited, CircuitOpenError, Throttled) as exc:
+            value, source = await self._flights.run(
+                key, lambda: self._fetch(key, lane, fetch, kind)
+            )
+        except FAILURES as exc:
             if hit is None:
                 raise
-            self._events.count_cache(function, "stale")
-            logger.info(
-                "serving a stale copy",
-                extra={"function": function, "symbol": symbol, "cause": type(exc).__name__},
-            )
-            return self._of_kind(kind, hit.value), "stale"
-        return self._of_kind(kind, value), "upstream"
+            value, source = self._stale(key, hit.value, exc)
+        return self._of_kind(kind, value), source
 
-    async def _fetch(self, key: Key, lane: Lane, fetch: Callable[[str], Awaitable[T]]) -> T:
+    async def _fetch(
+        self, key: Key, lane: Lane, fetch: Callable[[str], Awaitable[T]], kind: type[T]
+    ) -> tuple[DailySeries | Quote, Source]:
+        """One process's flight for `key`: the shared tier's fresh copy if there is one, the
+        result of another process's flight if one is under way, else a call of its own."""
+        name = ":".join(key)
+        deadline = time.monotonic() + self._limits.max_wait
+        shared = await self._shared.get(name)
+        while shared is None or not shared.fresh:
+            if await self._shared.lease(name):
+                return await self._fetch_holding_the_lease(key, name, lane, fetch, kind, shared)
+            landed = await self._shared.wait(name, deadline - time.monotonic())
+            if landed is not None:
+                shared = landed
+            elif time.monotonic() >= deadline:
+                self._events.count_throttled("flight")
+                error = Throttled(
+                    "Alpha Vantage call held back: another process's call for it has not "
+                    "landed in time",
+                    "flight",
+                    1,
+                )
+                return self._stale_or_raise(key, kind, shared, error)
+        value = kind.model_validate(shared.value)
+        self._cache.put(key, value, age=shared.age)
+        return value, "cache"
+
+    async def _fetch_holding_the_lease(
+        self,
+        key: Key,
+        name: str,
+        lane: Lane,
+        fetch: Callable[[str], Awaitable[T]],
+        kind: type[T],
+        shared: SharedHit | None,
+    ) -> tuple[DailySeries | Quote, Source]:
+        try:
+            value = await self._call(key, lane, fetch)
+        except FAILURES as exc:
+            await self._shared.release(name)
+            return self._stale_or_raise(key, kind, shared, exc)
+        except BaseException:
+            await self._shared.release(name)
+            raise
+        self._cache.put(key, value)
+        # Put before the lease goes: a waiter that sees no lease and no value fetches again.
+        await self._shared.put(name, value.model_dump(mode="json"))
+        await self._shared.release(name)
+        return value, "upstream"
+
+    async def _call(self, key: Key, lane: Lane, fetch: Callable[[str], Awaitable[T]]) -> T:
         try:
             async with self._limits.admit(lane.bulkhead):
-                value = await lane.breaker.call(self._call_upstream, key, fetch)
+                return await lane.breaker.call(self._call_upstream, key, fetch)
         except Throttled as exc:
             self._events.count_throttled(exc.reason)
             detail = f"Alpha Vantage call held back: {exc.detail}"
             raise Throttled(detail, exc.reason, exc.retry_after) from None
-        self._cache.put(key, value)
-        return value
+
+    def _stale_or_raise(
+        self, key: Key, kind: type[T], shared: SharedHit | None, error: Exception
+    ) -> tuple[DailySeries | Quote, Source]:
+        """The shared tier's expired copy instead of `error`, if it has one."""
+        if shared is None:
+            raise error
+        return self._stale(key, kind.model_validate(shared.value), error)
+
+    def _stale(
+        self, key: Key, value: DailySeries | Quote, cause: Exception
+    ) -> tuple[DailySeries | Quote, Source]:
+        function, symbol = key
+        self._events.count_cache(function, "stale")
+        logger.info(
+            "serving a stale copy",
+            extra={"function": function, "symbol": symbol, "cause": type(cause).__name__},
+        )
+        return value, "stale"
 
     async def _call_upstream(self, key: Key, fetch: Callable[[str], Awaitable[T]]) -> T:
         function, symbol = key

@@ -38,6 +38,7 @@ from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
 from app.models import DailySeries, Quote
 from app.service import Lane, StockService
+from app.shared_cache import SharedCache
 from app.state import MemoryState
 
 SYMBOLS = 100
@@ -100,8 +101,9 @@ async def run(config: Config, seconds: int) -> tuple[int, Counter[str]]:
     upstream = CountingUpstream()
     breaker = CircuitBreaker("bench", is_failure=is_upstream_failure, clock=clock)
     lane = Lane(breaker, Bulkhead("bench", 4))
+    upstream_state = MemoryState(clock)
     upstream_limits = UpstreamLimits(
-        MemoryState(clock),
+        upstream_state,
         key="bench",
         pacing=(config.rate, 1) if config.rate else None,
         quota=(config.quota, DAY) if config.quota else None,
@@ -116,6 +118,9 @@ async def run(config: Config, seconds: int) -> tuple[int, Counter[str]]:
         dict.fromkeys(alphavantage.FUNCTIONS, lane),
         upstream_limits,
         cache,
+        SharedCache(
+            upstream_state, namespace="bench", ttl=config.ttl, stale=86400, lease_seconds=12
+        ),
         Metrics(alphavantage.FUNCTIONS, ()),
     )
     rng = random.Random(SEED)

@@ -197,13 +197,14 @@ class ServerPool:
             **SIMULATOR_DEFAULTS,  # as `python -m app` has it; a test may turn them on
             # The default store, in a file of its own: services share state only when a
             # test names the same STATE_URL for them.
-            "STATE_URL": f"sqlite:///{self._log_dir}/state-{next(self._state_files)}.db",
+            "STATE_URL": self._state_url(),
             **settings,
         }
         return self._start("service", command, variables, ready_path="/healthz", cwd=self._log_dir)
 
     def start_launcher(self, simulator_port: int, settings: Mapping[str, str]) -> ServerProcess:
-        """`python -m app` as `make run` starts it: from the checkout's root directory."""
+        """`python -m app` as `make run` starts it: from the checkout's root directory, but
+        with its state in a file of its own, so a test leaves nothing in the checkout."""
 
         def command(port: int) -> list[str]:
             return [
@@ -218,7 +219,11 @@ class ServerPool:
                 str(simulator_port),
             ]
 
-        return self._start("launcher", command, settings, ready_path="/healthz", cwd=ROOT)
+        variables = {"STATE_URL": self._state_url(), **settings}
+        return self._start("launcher", command, variables, ready_path="/healthz", cwd=ROOT)
+
+    def _state_url(self) -> str:
+        return f"sqlite:///{self._log_dir}/state-{next(self._state_files)}.db"
 
     def close(self) -> None:
         servers, self._servers = self._servers, []

@@ -17,6 +17,7 @@ from app.errors import Throttled, is_upstream_failure
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.models import DailySeries, Quote
 from app.service import Lane, ServiceEvents, StockService
+from app.shared_cache import SharedCache
 from app.simulator import create_simulator
 from app.state import MemoryState
 from tests.conftest import FakeClock
@@ -51,14 +52,16 @@ async def service(events: RecordedEvents) -> AsyncIterator[StockService]:
             http, api_key=SecretStr("k"), base_url="http://simulator/query", timeout=5
         )
         lane = Lane(CircuitBreaker("test", is_failure=is_upstream_failure), Bulkhead("test", 4))
+        state = MemoryState(clock)
         limits = UpstreamLimits(
-            MemoryState(clock), key="k", pacing=None, quota=(1, DAY), max_wait=0, clock=clock
+            state, key="k", pacing=None, quota=(1, DAY), max_wait=0, clock=clock
         )
         cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
             ttl=60, stale=3600, max_entries=100, clock=clock
         )
         lanes = dict.fromkeys(alphavantage.FUNCTIONS, lane)
-        stock = StockService(client, lanes, limits, cache, recorder)
+        shared = SharedCache(state, namespace="k", ttl=60, stale=3600, lease_seconds=5)
+        stock = StockService(client, lanes, limits, cache, shared, recorder)
         yield stock
         await stock.aclose()
 

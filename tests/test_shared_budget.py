@@ -110,3 +110,38 @@ async def test_a_call_made_by_a_process_killed_mid_flight_stays_counted(
 
     (successor,) = start_services(servers, simulator, 1, **shared)
     assert await quota_used(successor) == 1
+
+
+async def test_concurrent_misses_for_one_symbol_on_three_processes_make_one_call(
+    servers: ServerPool, tmp_path: Path
+) -> None:
+    simulator = servers.start_simulator()
+    async with async_http_client(simulator.url) as client:
+        # Slow enough that all 50 misses arrive while the one call is under way.
+        await SimulatorControl(client).set_fault(FaultMode.SLOW, delay_seconds=0.5)
+    services = start_services(servers, simulator, 3, STATE_URL=state_url(tmp_path))
+
+    async def ask(service: ServerProcess) -> tuple[int, str]:
+        async with async_http_client(service.url) as api:
+            response = await api.get("/stock/ONE", params={"days": 1})
+            return response.status_code, response.json()["source"]
+
+    answers = await asyncio.gather(*(ask(services[n % 3]) for n in range(50)))
+    assert {status for status, _ in answers} == {200}
+    assert await upstream_calls(simulator) == 1
+    # One process called; the others got its result from the shared tier.
+    assert sorted({source for _, source in answers}) == ["cache", "upstream"]
+
+
+async def test_a_value_fetched_by_one_process_is_served_by_the_others(
+    servers: ServerPool, tmp_path: Path
+) -> None:
+    simulator = servers.start_simulator()
+    first, second = start_services(servers, simulator, 2, STATE_URL=state_url(tmp_path))
+    async with async_http_client(first.url) as api:
+        fetched = (await api.get("/stock/IBM/quote")).json()
+    async with async_http_client(second.url) as api:
+        served = (await api.get("/stock/IBM/quote")).json()
+    assert fetched["source"] == "upstream"
+    assert served == {**fetched, "source": "cache"}
+    assert await upstream_calls(simulator) == 1

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -15,13 +16,23 @@ class MemoryState:
     url = "memory://"
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._values: dict[str, State] = {}
+        self._values: dict[str, tuple[State, float]] = {}  # value, expiry (store clock)
         self._clock = clock
 
-    async def update(self, key: str, change: Callable[[State, float], tuple[State, R]]) -> R:
+    async def update(
+        self,
+        key: str,
+        change: Callable[[State, float], tuple[State, R]],
+        keep_for: float | None = None,
+    ) -> R:
         # No await between the read and the write: atomic within the process.
-        value, result = change(self._values.get(key), self._clock())
-        self._values[key] = value
+        now = self._clock()
+        old, expires = self._values.get(key, (None, math.inf))
+        if expires <= now:
+            old = None
+        value, result = change(old, now)
+        if value is not old:
+            self._values[key] = (value, math.inf if keep_for is None else now + keep_for)
         return result
 
     async def aclose(self) -> None:

@@ -14,7 +14,11 @@ from app.limits import State
 
 R = TypeVar("R")
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+# `expires` (host clock) is NULL for what must never go: the quota ledger above all.
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL);"
+    "CREATE INDEX IF NOT EXISTS state_expires ON state (expires) WHERE expires IS NOT NULL;"
+)
 
 
 class SqliteState:
@@ -34,11 +38,16 @@ class SqliteState:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="state-sqlite")
         self._connection: sqlite3.Connection | None = None
 
-    async def update(self, key: str, change: Callable[[State, float], tuple[State, R]]) -> R:
+    async def update(
+        self,
+        key: str,
+        change: Callable[[State, float], tuple[State, R]],
+        keep_for: float | None = None,
+    ) -> R:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout):
-                return await loop.run_in_executor(self._thread, self._update, key, change)
+                return await loop.run_in_executor(self._thread, self._update, key, change, keep_for)
         except (TimeoutError, sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"SQLite {self._path}: {type(exc).__name__}") from None
 
@@ -49,17 +58,31 @@ class SqliteState:
 
     # -- on the store's thread -----------------------------------------------------------
 
-    def _update(self, key: str, change: Callable[[State, float], tuple[State, R]]) -> R:
+    def _update(
+        self,
+        key: str,
+        change: Callable[[State, float], tuple[State, R]],
+        keep_for: float | None,
+    ) -> R:
         db = self._connect()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-            value, result = change(json.loads(row[0]) if row else None, time.time())
-            db.execute(
-                "INSERT INTO state (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, json.dumps(value)),
-            )
+            now = time.time()
+            row = db.execute(
+                "SELECT value FROM state WHERE key = ? AND (expires IS NULL OR expires > ?)",
+                (key, now),
+            ).fetchone()
+            old = json.loads(row[0]) if row else None
+            value, result = change(old, now)
+            if value is not old:
+                db.execute(
+                    "INSERT INTO state (key, value, expires) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE"
+                    " SET value = excluded.value, expires = excluded.expires",
+                    (key, json.dumps(value), None if keep_for is None else now + keep_for),
+                )
+            if keep_for is not None:  # what expired goes as new entries come
+                db.execute("DELETE FROM state WHERE expires <= ?", (now,))
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -73,7 +96,7 @@ class SqliteState:
             db.execute("PRAGMA journal_mode = WAL")
             # NORMAL: a commit survives the process's death (kill -9), not a power cut.
             db.execute("PRAGMA synchronous = NORMAL")
-            db.execute(SCHEMA)
+            db.executescript(SCHEMA)
             self._connection = db
         return self._connection
 
