@@ -20,7 +20,7 @@ from app.middleware import RequestContextMiddleware
 from app.resources import build_resources, upstream_connections
 from app.routes import circuit_breaker, ops, stock, upstream
 from app.settings import Settings, load_settings
-from app.state import describe, open_state
+from app.state import ObservedState, describe, open_state
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,10 @@ def create_app(
                 resolved.log_level,
                 [secret.get_secret_value() for secret in secrets if secret is not None],
             )
-        state = open_state(resolved.state_url, resolved.state_timeout_seconds)
+        state = ObservedState(
+            open_state(resolved.state_url, resolved.state_timeout_seconds), metrics
+        )
+        metrics.watch_store(state)
         async with httpx.AsyncClient(
             timeout=resolved.upstream_timeout_seconds,
             headers={"User-Agent": "stock-service"},

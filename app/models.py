@@ -120,9 +120,17 @@ class BulkheadStatus(BaseModel):
     in_flight: int
 
 
+class StateStoreStatus(BaseModel):
+    url: str  # STATE_URL, any password masked
+    up: bool  # answered its last operation
+
+
 class UpstreamStatus(BaseModel):
-    quota: QuotaStatus | None  # null when UPSTREAM_DAILY_QUOTA=0
-    pacing: PacingStatus | None  # null when UPSTREAM_RATE_PER_SECOND=0
+    state_store: StateStoreStatus
+    # quota and pacing: null when off (UPSTREAM_DAILY_QUOTA=0, UPSTREAM_RATE_PER_SECOND=0), or
+    # while the state store does not answer
+    quota: QuotaStatus | None
+    pacing: PacingStatus | None
     # Set while Alpha Vantage's own rate-limit answer holds calls back (and, with the quota
     # off, its per-day answer); with the quota on, a per-day answer shows in quota instead.
     paused_until: dt.datetime | None

@@ -20,7 +20,7 @@ from app.rendering import Renderer
 from app.service import Lane, StockService
 from app.settings import Settings
 from app.shared_cache import SharedCache
-from app.state import StateStore
+from app.state import ObservedState
 
 BREAKER_NAME = "alphavantage"  # the shared breaker; with BREAKER_SCOPE=function, a prefix
 
@@ -31,6 +31,7 @@ class Resources:
 
     settings: Settings
     http: httpx.AsyncClient
+    state: ObservedState
     breakers: tuple[CircuitBreaker, ...]  # one, or one per upstream function (BREAKER_SCOPE)
     bulkheads: tuple[Bulkhead, ...]  # one per breaker
     limits: UpstreamLimits
@@ -55,7 +56,7 @@ def build_resources(
     settings: Settings,
     http: httpx.AsyncClient,
     metrics: Metrics,
-    state: StateStore,
+    state: ObservedState,
 ) -> Resources:
     if settings.breaker_scope == "function":
         names = {f: f"{BREAKER_NAME}_{f.lower()}" for f in alphavantage.FUNCTIONS}
@@ -101,6 +102,7 @@ def build_resources(
     return Resources(
         settings=settings,
         http=http,
+        state=state,
         breakers=tuple(lane.breaker for lane in lanes_by_name.values()),
         bulkheads=bulkheads,
         limits=limits,

@@ -876,7 +876,7 @@ class TestHealth:
     async def test_healthz_and_readyz_while_running(self, api: httpx.AsyncClient) -> None:
         healthz = await api.get("/healthz")
         assert healthz.status_code == 200
-        assert healthz.json() == {"status": "ok"}
+        assert healthz.json() == {"status": "ok", "state_store": "up"}
         readyz = await api.get("/readyz")
         assert readyz.status_code == 200
         assert readyz.json() == {"status": "ready"}

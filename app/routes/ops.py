@@ -13,9 +13,10 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """The process serves. The breaker's state does not matter here."""
-    return {"status": "ok"}
+async def healthz(resources: ResourcesDep) -> dict[str, str]:
+    """The process serves: 200 whatever the breaker or the state store do (a store outage
+    must not take every replica out of service); it says whether the store answers."""
+    return {"status": "ok", "state_store": "up" if resources.state.up else "down"}
 
 
 @router.get("/readyz", response_model=None)

@@ -6,7 +6,16 @@ import time
 from fastapi import APIRouter
 
 from app.deps import ResourcesDep
-from app.models import BulkheadStatus, PacingStatus, QuotaStatus, UpstreamStatus
+from app.errors import Throttled
+from app.limits import LimitsStatus
+from app.models import (
+    BulkheadStatus,
+    PacingStatus,
+    QuotaStatus,
+    StateStoreStatus,
+    UpstreamStatus,
+)
+from app.state import describe
 
 router = APIRouter(tags=["upstream"])
 
@@ -22,7 +31,10 @@ async def upstream_status(resources: ResourcesDep) -> UpstreamStatus:
     """What the service still allows itself to ask of Alpha Vantage: the daily quota, the
     pacing bucket and the bulkheads."""
     limits = resources.limits
-    status = await limits.status()
+    try:
+        status = await limits.status()
+    except Throttled:  # the store does not answer: what it holds is unknown
+        status = LimitsStatus(quota=None, tokens=None, paused_for=0.0)
     quota = None
     if limits.quota is not None and status.quota is not None:
         usage = status.quota
@@ -39,6 +51,7 @@ async def upstream_status(resources: ResourcesDep) -> UpstreamStatus:
         rate, burst = limits.pacing
         pacing = PacingStatus(rate_per_second=rate, burst=burst, tokens=round(status.tokens, 3))
     return UpstreamStatus(
+        state_store=StateStoreStatus(url=describe(resources.state.url), up=resources.state.up),
         quota=quota,
         pacing=pacing,
         paused_until=_utc_in(status.paused_for or None),

@@ -14,11 +14,21 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from app.state._memory import MemoryState
+from app.state._observed import ObservedState, StoreEvents
 from app.state._sqlite import SqliteState
 
-__all__ = ["MemoryState", "SqliteState", "StateStore", "check_state_url", "describe", "open_state"]
+__all__ = [
+    "MemoryState",
+    "ObservedState",
+    "SqliteState",
+    "StateStore",
+    "StoreEvents",
+    "check_state_url",
+    "describe",
+    "open_state",
+]
 
-StateStore = MemoryState | SqliteState
+StateStore = MemoryState | SqliteState | ObservedState
 
 
 def check_state_url(url: str) -> None:
@@ -27,7 +37,7 @@ def check_state_url(url: str) -> None:
         raise ValueError("must be memory://, sqlite:///PATH or redis://[:password@]host:port/db")
 
 
-def open_state(url: str, timeout: float) -> StateStore:
+def open_state(url: str, timeout: float) -> MemoryState | SqliteState:
     """The store `url` names (a checked one: see check_state_url)."""
     check_state_url(url)
     if url == "memory://":
