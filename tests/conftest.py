@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from app.main import create_app
 from app.settings import SIMULATOR_DEFAULTS, Settings
 from app.simulator import create_simulator
+from tests.helpers import SimulatorControl
 from tests.servers import ServerPool
 
 
@@ -86,12 +87,12 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def faults(simulator: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the simulator itself, to break and heal it: `await faults.post(...)`."""
+async def sim(simulator: Starlette) -> AsyncIterator[SimulatorControl]:
+    """The in-process simulator's control, to break and heal it and count its calls."""
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=simulator), base_url="http://simulator"
     ) as c:
-        yield c
+        yield SimulatorControl(c)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from typing import Protocol
 import httpx
 
 from app.settings import SIMULATOR_DEFAULTS, Settings
-from app.simulator import FaultMode
+from tests.helpers import SimulatorControl
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -281,28 +281,6 @@ class Stack:
 
 class StartStack(Protocol):
     def __call__(self, **settings: str) -> Stack: ...
-
-
-class SimulatorControl:
-    """Switches the simulator's faults and reads its call counters."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
-
-    async def set_fault(self, mode: FaultMode, delay_seconds: float = 2.0) -> None:
-        payload = {"mode": mode.value, "delay_seconds": delay_seconds}
-        response = await self._client.post("/_faults", json=payload)
-        assert response.status_code == 200, response.text
-
-    async def reset_stats(self) -> None:
-        response = await self._client.post("/_stats/reset")
-        assert response.status_code == 200, response.text
-
-    async def calls(self) -> dict[str, int]:
-        response = await self._client.get("/_stats")
-        assert response.status_code == 200, response.text
-        calls: dict[str, int] = response.json()["calls"]
-        return calls
 
 
 @asynccontextmanager

@@ -19,11 +19,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.applications import Starlette
 
 from app.main import create_app
 from app.settings import Settings
+from app.simulator import FaultMode
 from tests.conftest import ADMIN_TOKEN, API_KEY, make_settings
+from tests.helpers import SimulatorControl
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DAILY = "/stock/{}"
@@ -167,24 +168,9 @@ def assert_prices(prices: object, count: int) -> None:
         assert type(point["volume"]) is int
 
 
-async def set_fault(faults: httpx.AsyncClient, mode: str, delay: float | None = None) -> None:
-    payload: dict[str, object] = {"mode": mode}
-    if delay is not None:
-        payload["delay_seconds"] = delay
-    response = await faults.post("/_faults", json=payload)
-    assert response.status_code == 200, response.text
-
-
-async def upstream_calls(faults: httpx.AsyncClient) -> int:
-    response = await faults.get("/_stats")
-    total = response.json()["total"]
-    assert isinstance(total, int)
-    return total
-
-
-async def trip(api: httpx.AsyncClient, faults: httpx.AsyncClient) -> None:
+async def trip(api: httpx.AsyncClient, sim: SimulatorControl) -> None:
     """Open the breaker with five failing requests (distinct symbols: no cache involved)."""
-    await set_fault(faults, "http_500")
+    await sim.set_fault(FaultMode.HTTP_500)
     for n in range(5):
         error_detail(await api.get(f"/stock/FAIL{n}"), 502)
 
@@ -267,12 +253,12 @@ class TestDailyPrices:
         assert response.json()["symbol"] == symbol
 
     async def test_case_variants_share_one_cache_entry(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         assert (await api.get("/stock/brk.b")).json()["source"] == "upstream"
         assert (await api.get("/stock/BRK.B")).json()["source"] == "cache"
         assert (await api.get("/stock/Brk.B")).json()["source"] == "cache"
-        assert await upstream_calls(faults) == 1
+        assert await sim.total_calls() == 1
 
     @pytest.mark.parametrize(
         "symbol",
@@ -298,13 +284,13 @@ class TestDailyPrices:
     )
     @ENDPOINTS
     async def test_invalid_symbol_is_422_without_upstream_call(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, endpoint: str, symbol: str
+        self, api: httpx.AsyncClient, sim: SimulatorControl, endpoint: str, symbol: str
     ) -> None:
         response = await api.get(endpoint.format(quote(symbol, safe="")))
         detail = error_detail(response, 422)
         assert detail.startswith("symbol: ")
         assert "letters or digits" in detail
-        assert await upstream_calls(faults) == 0
+        assert await sim.total_calls() == 0
 
     @pytest.mark.parametrize(
         "path",
@@ -318,7 +304,7 @@ class TestDailyPrices:
         ],
     )
     async def test_encoded_slash_in_symbol_never_reaches_upstream(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, path: str
+        self, api: httpx.AsyncClient, sim: SimulatorControl, path: str
     ) -> None:
         # "IBM/quote" (or "A/B") is no valid symbol: the request must not be served as another
         # resource (e.g. IBM's quote), and must not reach Alpha Vantage.
@@ -326,7 +312,7 @@ class TestDailyPrices:
         assert response.status_code in (307, 404, 422), response.text
         if response.status_code == 422:
             assert error_detail(response, 422).startswith("symbol: ")
-        assert await upstream_calls(faults) == 0
+        assert await sim.total_calls() == 0
 
     @pytest.mark.parametrize("days", [1, 2, 29, 31, 99, 100])
     async def test_days_selects_that_many_prices(self, api: httpx.AsyncClient, days: int) -> None:
@@ -336,11 +322,11 @@ class TestDailyPrices:
 
     @pytest.mark.parametrize("days", ["0", "101", "-1", "abc", "1.5", "", "1e2", "9" * 30])
     async def test_invalid_days_is_422_without_upstream_call(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, days: str
+        self, api: httpx.AsyncClient, sim: SimulatorControl, days: str
     ) -> None:
         detail = error_detail(await api.get("/stock/IBM", params={"days": days}), 422)
         assert detail.startswith("days: ")
-        assert await upstream_calls(faults) == 0
+        assert await sim.total_calls() == 0
 
     async def test_fewer_prices_when_upstream_has_fewer_days(self) -> None:
         bar = {
@@ -422,17 +408,17 @@ class TestQuote:
 class TestCache:
     @ENDPOINTS
     async def test_second_request_is_served_from_cache(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, endpoint: str
+        self, api: httpx.AsyncClient, sim: SimulatorControl, endpoint: str
     ) -> None:
         first = await api.get(endpoint.format("IBM"))
         second = await api.get(endpoint.format("IBM"))
         assert first.json()["source"] == "upstream"
         assert second.json()["source"] == "cache"
         assert {**first.json(), "source": "cache"} == second.json()
-        assert await upstream_calls(faults) == 1
+        assert await sim.total_calls() == 1
 
     async def test_any_days_is_served_from_one_cached_series(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         five = (await api.get("/stock/IBM", params={"days": 5})).json()
         hundred = (await api.get("/stock/IBM", params={"days": 100})).json()
@@ -441,24 +427,23 @@ class TestCache:
         assert_prices(hundred["prices"], 100)
         assert hundred["prices"][:5] == five["prices"]
         assert hundred["prices"][:1] == one["prices"]
-        assert await upstream_calls(faults) == 1
+        assert await sim.total_calls() == 1
 
     async def test_daily_and_quote_are_cached_apart(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         assert (await api.get("/stock/IBM")).json()["source"] == "upstream"
         quote_response = await api.get("/stock/IBM/quote")
         assert quote_response.status_code == 200
         assert quote_response.json()["source"] == "upstream"
-        calls = (await faults.get("/_stats")).json()["calls"]
-        assert calls == {"TIME_SERIES_DAILY": 1, "GLOBAL_QUOTE": 1}
+        assert await sim.calls() == {"TIME_SERIES_DAILY": 1, "GLOBAL_QUOTE": 1}
 
     async def test_failures_are_not_cached(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await set_fault(faults, "http_500")
+        await sim.set_fault(FaultMode.HTTP_500)
         error_detail(await api.get("/stock/IBM"), 502)
-        await set_fault(faults, "healthy")
+        await sim.set_fault(FaultMode.HEALTHY)
         response = await api.get("/stock/IBM")
         assert response.status_code == 200
         assert response.json()["source"] == "upstream"
@@ -486,15 +471,15 @@ class TestUnknownSymbol:
         assert (await api.get("/stock/IBM")).status_code == 200
 
     async def test_unknown_symbol_does_not_reset_the_failure_count(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await set_fault(faults, "http_500")
+        await sim.set_fault(FaultMode.HTTP_500)
         for n in range(4):
             error_detail(await api.get(f"/stock/FAIL{n}"), 502)
-        await set_fault(faults, "healthy")
+        await sim.set_fault(FaultMode.HEALTHY)
         error_detail(await api.get("/stock/ZZTOP"), 404)
         assert (await breaker(api))["failure_count"] == 4
-        await set_fault(faults, "http_500")
+        await sim.set_fault(FaultMode.HTTP_500)
         error_detail(await api.get("/stock/FAIL4"), 502)
         assert (await breaker(api))["state"] == "open"
 
@@ -528,20 +513,20 @@ class TestUpstreamFaults:
     async def test_fault_maps_to_an_error_answer(
         self,
         api: httpx.AsyncClient,
-        faults: httpx.AsyncClient,
+        sim: SimulatorControl,
         endpoint: str,
         mode: str,
         status: int,
         words: str,
         outcome: str,
     ) -> None:
-        await set_fault(faults, mode)
+        await sim.set_fault(FaultMode(mode))
         response = await api.get(endpoint.format("IBM"))
         detail = error_detail(response, status)
         assert words.lower() in detail.lower()
         if mode == "rate_limited":
             retry_after(response)
-        assert await upstream_calls(faults) == 1
+        assert await sim.total_calls() == 1
         function = "TIME_SERIES_DAILY" if endpoint == DAILY else "GLOBAL_QUOTE"
         assert sample(await scrape(api), UPSTREAM_CALLS.format(function, outcome)) == 1.0
 
@@ -553,9 +538,9 @@ class TestUpstreamTimeout:
 
     @ENDPOINTS
     async def test_slow_upstream_is_504(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, endpoint: str
+        self, api: httpx.AsyncClient, sim: SimulatorControl, endpoint: str
     ) -> None:
-        await set_fault(faults, "slow", delay=1.0)
+        await sim.set_fault(FaultMode.SLOW, delay_seconds=1.0)
         started = time.perf_counter()
         response = await api.get(endpoint.format("IBM"))
         assert time.perf_counter() - started < 0.9  # the timeout, not the upstream's delay
@@ -565,13 +550,13 @@ class TestUpstreamTimeout:
         assert sample(await scrape(api), UPSTREAM_CALLS.format(function, "timeout")) == 1.0
 
     async def test_concurrent_timeouts_share_one_call_and_one_failure(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await set_fault(faults, "slow", delay=1.0)
+        await sim.set_fault(FaultMode.SLOW, delay_seconds=1.0)
         responses = await asyncio.gather(*(api.get("/stock/IBM") for _ in range(20)))
         for response in responses:
             error_detail(response, 504)
-        assert await upstream_calls(faults) == 1
+        assert await sim.total_calls() == 1
         assert (await breaker(api))["failure_count"] == 1
 
 
@@ -595,24 +580,22 @@ class TestCircuitBreaker:
         assert status["retry_after_seconds"] == 0
 
     async def test_five_failures_open_it_and_the_sixth_is_rejected_without_upstream_call(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await trip(api, faults)
-        assert await upstream_calls(faults) == 5
+        await trip(api, sim)
+        assert await sim.total_calls() == 5
         response = await api.get("/stock/SIXTH")
         detail = error_detail(response, 503)
         assert "circuit breaker" in detail
         assert 1 <= retry_after(response) <= 30
-        assert await upstream_calls(faults) == 5
+        assert await sim.total_calls() == 5
         quote_response = await api.get("/stock/SIXTH/quote")
         error_detail(quote_response, 503)
         retry_after(quote_response)
-        assert await upstream_calls(faults) == 5
+        assert await sim.total_calls() == 5
 
-    async def test_status_when_open(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
-    ) -> None:
-        await trip(api, faults)
+    async def test_status_when_open(self, api: httpx.AsyncClient, sim: SimulatorControl) -> None:
+        await trip(api, sim)
         status = await breaker(api)
         assert status["state"] == "open"
         assert status["failure_count"] == 5
@@ -620,17 +603,17 @@ class TestCircuitBreaker:
         assert 0 < status["retry_after_seconds"] <= 30
 
     async def test_success_clears_the_failure_count(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await set_fault(faults, "http_500")
+        await sim.set_fault(FaultMode.HTTP_500)
         for n in range(4):
             error_detail(await api.get(f"/stock/FAIL{n}"), 502)
         assert (await breaker(api))["failure_count"] == 4
         utc_instant((await breaker(api))["last_failure_time"])
-        await set_fault(faults, "healthy")
+        await sim.set_fault(FaultMode.HEALTHY)
         assert (await api.get("/stock/IBM")).status_code == 200
         assert (await breaker(api))["failure_count"] == 0
-        await set_fault(faults, "http_500")
+        await sim.set_fault(FaultMode.HTTP_500)
         error_detail(await api.get("/stock/FAIL9"), 502)
         assert (await breaker(api))["state"] == "closed"
 
@@ -643,12 +626,12 @@ class TestBreakerTimeout:
         return make_settings(breaker_timeout_seconds=0.05)
 
     async def test_half_open_after_the_timeout_and_closed_after_three_successes(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await trip(api, faults)
+        await trip(api, sim)
         await asyncio.sleep(0.1)
         assert (await breaker(api))["state"] == "half_open"
-        await set_fault(faults, "healthy")
+        await sim.set_fault(FaultMode.HEALTHY)
         for symbol in ("ONE", "TWO", "THREE"):
             assert (await api.get(f"/stock/{symbol}")).status_code == 200
         status = await breaker(api)
@@ -656,9 +639,9 @@ class TestBreakerTimeout:
         assert status["opened_at"] is None
 
     async def test_state_gauge_reads_half_open_without_traffic(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await trip(api, faults)
+        await trip(api, sim)
         lines = await scrape(api)
         assert f"{STATE_GAUGE}1.0" in lines
         await asyncio.sleep(0.1)
@@ -668,14 +651,14 @@ class TestBreakerTimeout:
         assert sample(lines, STATE_CHANGES.format("open", "half_open")) == 1.0
 
     async def test_forced_open_outlasts_the_timeout(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
         await asyncio.sleep(0.1)
         assert (await breaker(api))["state"] == "open"
         error_detail(await api.get("/stock/IBM"), 503)
         assert f"{STATE_GAUGE}1.0" in await scrape(api)
-        assert await upstream_calls(faults) == 0
+        assert await sim.total_calls() == 0
 
 
 class TestSubSecondBreakerTimeout:
@@ -684,9 +667,9 @@ class TestSubSecondBreakerTimeout:
         return make_settings(breaker_timeout_seconds=0.5)
 
     async def test_retry_after_is_rounded_up_to_one_second(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await trip(api, faults)
+        await trip(api, sim)
         response = await api.get("/stock/SIXTH")
         error_detail(response, 503)
         assert response.headers["retry-after"] == "1"
@@ -704,31 +687,31 @@ class TestStaleServing:
         return make_settings(cache_ttl_seconds=0, cache_stale_seconds=3600)
 
     async def test_expired_copy_is_refetched_while_upstream_is_healthy(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         assert (await api.get("/stock/IBM")).json()["source"] == "upstream"
         assert (await api.get("/stock/IBM")).json()["source"] == "upstream"
-        assert await upstream_calls(faults) == 2
+        assert await sim.total_calls() == 2
 
     @pytest.mark.parametrize(
         "mode", ["http_500", "down", "bad_json", "rate_limited", "invalid_key", "premium"]
     )
     @ENDPOINTS
     async def test_expired_copy_is_served_stale_when_upstream_fails(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, endpoint: str, mode: str
+        self, api: httpx.AsyncClient, sim: SimulatorControl, endpoint: str, mode: str
     ) -> None:
         fresh = (await api.get(endpoint.format("IBM"))).json()
         assert fresh["source"] == "upstream"
-        await set_fault(faults, mode)
+        await sim.set_fault(FaultMode(mode))
         response = await api.get(endpoint.format("IBM"))
         assert response.status_code == 200, response.text
         assert response.json() == {**fresh, "source": "stale"}
-        assert await upstream_calls(faults) == 2  # it did try upstream first
+        assert await sim.total_calls() == 2  # it did try upstream first
         function = "TIME_SERIES_DAILY" if endpoint == DAILY else "GLOBAL_QUOTE"
         assert sample(await scrape(api), CACHE_REQUESTS.format(function, "stale")) == 1.0
 
     async def test_stale_copy_is_served_while_the_breaker_is_forced_open(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         assert (await api.get("/stock/IBM", params={"days": 3})).status_code == 200
         assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
@@ -736,25 +719,25 @@ class TestStaleServing:
         assert response.status_code == 200
         assert response.json()["source"] == "stale"
         assert_prices(response.json()["prices"], 7)
-        assert await upstream_calls(faults) == 1
+        assert await sim.total_calls() == 1
 
     async def test_stale_copy_is_served_after_the_breaker_trips(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         assert (await api.get("/stock/IBM")).status_code == 200
-        await trip(api, faults)
+        await trip(api, sim)
         assert (await breaker(api))["state"] == "open"
         response = await api.get("/stock/IBM")
         assert response.status_code == 200
         assert response.json()["source"] == "stale"
-        assert await upstream_calls(faults) == 6
+        assert await sim.total_calls() == 6
         assert sample(await scrape(api), REJECTED) == 1.0
 
     async def test_symbol_never_fetched_gets_an_error_not_a_stale_copy(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         assert (await api.get("/stock/IBM")).status_code == 200
-        await set_fault(faults, "http_500")
+        await sim.set_fault(FaultMode.HTTP_500)
         error_detail(await api.get("/stock/MSFT"), 502)
         assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
         response = await api.get("/stock/MSFT")
@@ -769,15 +752,15 @@ class TestStaleServing:
 
 class TestCoalescing:
     async def test_concurrent_requests_share_one_upstream_call(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await set_fault(faults, "slow", delay=0.2)
+        await sim.set_fault(FaultMode.SLOW, delay_seconds=0.2)
         days = [n % 100 + 1 for n in range(50)]
         responses = await asyncio.gather(
             *(api.get("/stock/MSFT", params={"days": d}) for d in days)
         )
         assert [response.status_code for response in responses] == [200] * 50
-        assert await upstream_calls(faults) == 1
+        assert await sim.total_calls() == 1
         bodies = [response.json() for response in responses]
         assert {body["source"] for body in bodies} <= {"upstream", "cache"}
         assert [len(body["prices"]) for body in bodies] == days
@@ -785,13 +768,13 @@ class TestCoalescing:
         assert all(body["prices"] == longest[: len(body["prices"])] for body in bodies)
 
     async def test_concurrent_requests_for_distinct_symbols_are_not_merged(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await set_fault(faults, "slow", delay=0.1)
+        await sim.set_fault(FaultMode.SLOW, delay_seconds=0.1)
         symbols = ["AAA", "BBB", "CCC", "DDD", "EEE"] * 10
         responses = await asyncio.gather(*(api.get(f"/stock/{s}") for s in symbols))
         assert [response.json()["symbol"] for response in responses] == symbols
-        assert await upstream_calls(faults) == 5
+        assert await sim.total_calls() == 5
 
 
 # -- admin -----------------------------------------------------------------------------
@@ -821,7 +804,7 @@ class TestAdmin:
         assert (await breaker(api))["state"] == "closed"
 
     async def test_open_answers_the_snapshot_and_stays_open(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         response = await api.post("/circuit-breaker/open", headers=ADMIN)
         assert response.status_code == 200
@@ -834,11 +817,11 @@ class TestAdmin:
         rejected = await api.get("/stock/IBM")
         error_detail(rejected, 503)
         retry_after(rejected)
-        assert await upstream_calls(faults) == 0
+        assert await sim.total_calls() == 0
 
-    async def test_reset_closes_it(self, api: httpx.AsyncClient, faults: httpx.AsyncClient) -> None:
-        await trip(api, faults)
-        await set_fault(faults, "healthy")
+    async def test_reset_closes_it(self, api: httpx.AsyncClient, sim: SimulatorControl) -> None:
+        await trip(api, sim)
+        await sim.set_fault(FaultMode.HEALTHY)
         response = await api.post("/circuit-breaker/reset", headers=ADMIN)
         assert response.status_code == 200
         status = response.json()
@@ -930,9 +913,9 @@ class TestMetrics:
         assert sample(lines, STATE_CHANGES.format("open", "closed")) == 1.0
 
     async def test_a_trip_counts_one_state_change_and_each_rejection(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await trip(api, faults)
+        await trip(api, sim)
         for _ in range(3):
             await api.get("/stock/REJECTED")
         lines = await scrape(api)
@@ -1029,11 +1012,11 @@ class TestRequestId:
         assert response.headers["x-request-id"] == sent
 
     async def test_request_id_on_an_unexpected_error(
-        self, app: FastAPI, faults: httpx.AsyncClient
+        self, app: FastAPI, sim: SimulatorControl
     ) -> None:
         # Over the in-process transport, the simulator's dropped connection reaches the app as
         # an exception it does not expect: the catch-all error handler answers.
-        await set_fault(faults, "drop")
+        await sim.set_fault(FaultMode.DROP)
         async with serve(app, raise_app_exceptions=False) as api:
             response = await api.get("/stock/IBM", headers={"X-Request-ID": "abc-123"})
         assert error_detail(response, 500) == "internal server error"
@@ -1048,10 +1031,10 @@ class TestErrors:
         "path", ["/nowhere", "/stock", "/stock/IBM/quote/extra", "/STOCK/IBM", "/stock//IBM"]
     )
     async def test_unknown_route_is_404(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, path: str
+        self, api: httpx.AsyncClient, sim: SimulatorControl, path: str
     ) -> None:
         assert error_detail(await api.get(path), 404) == "Not Found"
-        assert await upstream_calls(faults) == 0
+        assert await sim.total_calls() == 0
 
     @pytest.mark.parametrize(
         ("method", "path"),
@@ -1065,12 +1048,12 @@ class TestErrors:
         ],
     )
     async def test_wrong_method_is_405(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient, method: str, path: str
+        self, api: httpx.AsyncClient, sim: SimulatorControl, method: str, path: str
     ) -> None:
         response = await api.request(method, path, headers=ADMIN)
         assert error_detail(response, 405) == "Method Not Allowed"
         assert "allow" in response.headers
-        assert await upstream_calls(faults) == 0
+        assert await sim.total_calls() == 0
         assert (await breaker(api))["state"] == "closed"
 
 
@@ -1078,7 +1061,7 @@ class TestErrors:
 
 
 async def test_the_api_key_never_leaves_the_service(
-    client: httpx.AsyncClient, faults: httpx.AsyncClient, simulator: Starlette
+    client: httpx.AsyncClient, sim: SimulatorControl
 ) -> None:
     """Every kind of answer, checked explicitly (the plain client, without the hook)."""
     responses: list[httpx.Response] = []
@@ -1090,10 +1073,10 @@ async def test_the_api_key_never_leaves_the_service(
     await get_all("/stock/IBM", "/stock/IBM/quote", "/stock/IBM", "/stock/ZZTOP", "/stock/^")
     # rate_limited last: it stops upstream calls for a day.
     for mode in ("invalid_key", "premium", "http_500", "down", "bad_json", "rate_limited"):
-        await set_fault(faults, mode)
+        await sim.set_fault(FaultMode(mode))
         await get_all(f"/stock/{mode.replace('_', '')}", f"/stock/{mode[:4]}/quote")
     # The rate-limit message quotes the key upstream: the key did travel, it must not return.
-    assert simulator.state.simulator.calls.total() > 0
+    assert await sim.total_calls() > 0
     await get_all("/stock/REJECTED", "/circuit-breaker", "/metrics", "/healthz", "/readyz")
     await get_all("/nowhere", "/openapi.json", "/docs")
     responses.append(await client.post("/circuit-breaker/open"))

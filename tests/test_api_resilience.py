@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from app.simulator import FaultMode
 from tests.conftest import make_settings
+from tests.helpers import SimulatorControl
 from tests.test_api import (
     ADMIN,
     api,
@@ -20,9 +22,7 @@ from tests.test_api import (
     retry_after,
     sample,
     scrape,
-    set_fault,
     trip,
-    upstream_calls,
 )
 
 __all__ = ["api"]  # the fixture, imported for the tests below
@@ -63,24 +63,24 @@ class TestPacing:
         )
 
     async def test_a_miss_beyond_the_pace_is_503_with_retry_after_and_never_sent(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         assert (await api.get("/stock/IBM")).status_code == 200
         response = await api.get("/stock/MSFT")
         assert "paced" in error_detail(response, 503)
         assert 900 <= retry_after(response) <= 1000
-        assert await upstream_calls(faults) == 1
+        assert await sim.total_calls() == 1
         assert sample(await scrape(api), THROTTLED.format("pacing")) == 1.0
         assert (await breaker(api))["state"] == "closed"  # never a failure of Alpha Vantage
 
     async def test_a_stale_copy_is_served_instead(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         fresh = (await api.get("/stock/IBM")).json()
         response = await api.get("/stock/IBM")  # expired (TTL 0): wants upstream, is paced
         assert response.status_code == 200
         assert response.json() == {**fresh, "source": "stale"}
-        assert await upstream_calls(faults) == 1
+        assert await sim.total_calls() == 1
 
     async def test_upstream_shows_the_bucket(self, api: httpx.AsyncClient) -> None:
         await api.get("/stock/IBM")
@@ -95,7 +95,7 @@ class TestDailyQuota:
         return make_settings(upstream_daily_quota=2)
 
     async def test_the_spent_quota_refuses_with_the_time_it_frees_up(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         lines = await scrape(api)
         assert (sample(lines, QUOTA_LIMIT), sample(lines, QUOTA_REMAINING)) == (2.0, 2.0)
@@ -105,7 +105,7 @@ class TestDailyQuota:
         assert "quota" in error_detail(response, 503)
         assert 86000 <= retry_after(response) <= 86400
         assert (await api.get("/stock/IBM")).status_code == 200  # the cache still answers
-        assert await upstream_calls(faults) == 2
+        assert await sim.total_calls() == 2
 
         lines = await scrape(api)
         assert sample(lines, QUOTA_REMAINING) == 0.0
@@ -118,15 +118,15 @@ class TestDailyQuota:
         assert quota["blocked_until"] is None
 
     async def test_a_per_day_answer_marks_the_quota_spent(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await set_fault(faults, "rate_limited")  # "25 requests per day"
+        await sim.set_fault(FaultMode.RATE_LIMITED)  # "25 requests per day"
         error_detail(await api.get("/stock/IBM"), 503)
-        await set_fault(faults, "healthy")
+        await sim.set_fault(FaultMode.HEALTHY)
         response = await api.get("/stock/MSFT")
         assert "quota" in error_detail(response, 503)
         assert retry_after(response) > 86000
-        assert await upstream_calls(faults) == 1  # it stopped asking
+        assert await sim.total_calls() == 1  # it stopped asking
         quota = (await upstream(api))["quota"]
         assert isinstance(quota, dict)
         assert quota["remaining"] == 0
@@ -134,16 +134,16 @@ class TestDailyQuota:
 
 
 async def test_without_a_quota_a_per_day_answer_still_stops_calls_for_a_day(
-    api: httpx.AsyncClient, faults: httpx.AsyncClient
+    api: httpx.AsyncClient, sim: SimulatorControl
 ) -> None:
     """A key that says it is spent is spent, whatever this service counts."""
-    await set_fault(faults, "rate_limited")
+    await sim.set_fault(FaultMode.RATE_LIMITED)
     assert retry_after(await api.get("/stock/IBM")) > 86000
-    await set_fault(faults, "healthy")
+    await sim.set_fault(FaultMode.HEALTHY)
     response = await api.get("/stock/MSFT")
     assert "paused" in error_detail(response, 503)
     assert retry_after(response) > 86000
-    assert await upstream_calls(faults) == 1
+    assert await sim.total_calls() == 1
     status = await upstream(api)
     assert status["quota"] is None
     assert in_a_day(status["paused_until"])
@@ -152,9 +152,9 @@ async def test_without_a_quota_a_per_day_answer_still_stops_calls_for_a_day(
 
 @pytest.mark.parametrize(("mode", "seconds"), [("burst_limited", 1), ("minute_limited", 60)])
 async def test_a_short_rate_limit_pauses_calls_for_its_period_only(
-    api: httpx.AsyncClient, faults: httpx.AsyncClient, mode: str, seconds: int
+    api: httpx.AsyncClient, sim: SimulatorControl, mode: str, seconds: int
 ) -> None:
-    await set_fault(faults, mode)
+    await sim.set_fault(FaultMode(mode))
     response = await api.get("/stock/IBM")
     assert "rate limit" in error_detail(response, 503)
     assert retry_after(response) == seconds
@@ -182,9 +182,9 @@ class TestBulkhead:
         return make_settings(upstream_max_concurrency=1, upstream_max_wait_seconds=0.05)
 
     async def test_calls_beyond_it_are_refused_after_a_short_wait(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await set_fault(faults, "slow", delay=0.5)
+        await sim.set_fault(FaultMode.SLOW, delay_seconds=0.5)
         slow = asyncio.create_task(api.get("/stock/IBM"))
         busy = [{"name": "alphavantage", "max_concurrency": 1, "in_flight": 1}]
         for _ in range(200):  # until the slow call holds the one slot
@@ -197,7 +197,7 @@ class TestBulkhead:
         assert "in flight" in error_detail(response, 503)
         assert retry_after(response) == 1
         assert (await slow).status_code == 200
-        assert await upstream_calls(faults) == 1
+        assert await sim.total_calls() == 1
         assert sample(await scrape(api), THROTTLED.format("bulkhead")) == 1.0
 
 
@@ -207,10 +207,9 @@ class TestFunctionScope:
         return make_settings(breaker_scope="function")
 
     async def test_a_failing_function_opens_only_its_own_breaker(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        response = await faults.post("/_faults", json={"mode": "down", "function": "GLOBAL_QUOTE"})
-        assert response.status_code == 200
+        await sim.set_fault(FaultMode.DOWN, function="GLOBAL_QUOTE")
         for n in range(5):
             error_detail(await api.get(f"/stock/FAIL{n}/quote"), 502)
         error_detail(await api.get("/stock/IBM/quote"), 503)  # its breaker is open
@@ -262,11 +261,11 @@ class TestFailureRateMode:
         )
 
     async def test_it_opens_on_the_rate_not_a_run(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         for symbol in ("IBM", "MSFT"):
             assert (await api.get(f"/stock/{symbol}")).status_code == 200
-        await set_fault(faults, "http_500")
+        await sim.set_fault(FaultMode.HTTP_500)
         error_detail(await api.get("/stock/FAIL1"), 502)
         status = await breaker(api)
         assert (status["mode"], status["state"], status["window_calls"]) == (
@@ -280,10 +279,10 @@ class TestFailureRateMode:
         assert status["state"] == "open"
         response = await api.get("/stock/FAIL3")
         assert "circuit breaker" in error_detail(response, 503)
-        assert await upstream_calls(faults) == 4
+        assert await sim.total_calls() == 4
 
     async def test_unknown_symbols_are_not_failures(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         for n in range(6):
             error_detail(await api.get(f"/stock/ZZ{n}"), 404)
@@ -303,9 +302,9 @@ class TestBackoff:
         )
 
     async def test_a_failed_probe_re_opens_for_longer_and_retry_after_says_so(
-        self, api: httpx.AsyncClient, faults: httpx.AsyncClient
+        self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        await trip(api, faults)
+        await trip(api, sim)
         assert (await breaker(api))["open_timeout_seconds"] == 0.05
         await asyncio.sleep(0.1)  # past the first opening: half-open
         error_detail(await api.get("/stock/PROBE"), 502)
@@ -319,5 +318,5 @@ class TestBackoff:
 
         reset = await api.post("/circuit-breaker/reset", headers=ADMIN)
         assert reset.json()["reopens"] == 0
-        await trip(api, faults)  # closing forgot the backoff: the first opening again
+        await trip(api, sim)  # closing forgot the backoff: the first opening again
         assert (await breaker(api))["open_timeout_seconds"] == 0.05

@@ -25,9 +25,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.simulator import FaultMode
+from tests.helpers import SimulatorControl
 from tests.servers import (
     ServerPool,
-    SimulatorControl,
     Stack,
     StartStack,
     async_http_client,

@@ -24,10 +24,10 @@ import pytest
 
 from app.settings import Settings
 from app.simulator import FaultMode
+from tests.helpers import SimulatorControl
 from tests.servers import (
     ROOT,
     ServerPool,
-    SimulatorControl,
     Stack,
     StartStack,
     connect,

@@ -7,7 +7,9 @@ import subprocess
 import httpx
 from fastapi import FastAPI
 
+from app.simulator import FaultMode
 from tests.conftest import prometheus_tool
+from tests.helpers import SimulatorControl
 
 STATE_SERIES = "stock_api_circuit_breaker_state"
 
@@ -22,12 +24,12 @@ def promtool_check_metrics(exposition: bytes) -> subprocess.CompletedProcess[byt
 
 
 async def test_exposition_passes_promtool_check_metrics(
-    client: httpx.AsyncClient, faults: httpx.AsyncClient
+    client: httpx.AsyncClient, sim: SimulatorControl
 ) -> None:
     await client.get("/stock/IBM")
     await client.get("/stock/IBM/quote")
     await client.get("/stock/ZZZZ")
-    await faults.post("/_faults", json={"mode": "down"})
+    await sim.set_fault(FaultMode.DOWN)
     for symbol in ("A", "B", "C", "D", "E", "F"):
         await client.get(f"/stock/{symbol}")
     response = await client.get("/metrics")
