@@ -7,9 +7,82 @@ real-socket ones (uvicorn subprocesses on 127.0.0.1, tests/servers.py).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Collection
+from typing import Any
+
 import httpx
 
 from app.simulator import FaultMode
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+def error_detail(response: httpx.Response, status: int) -> str:
+    """Assert an error answer: `status`, JSON, exactly `{"detail": "<non-empty text>"}`."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body, dict)
+    assert set(body) == {"detail"}
+    detail = body["detail"]
+    assert isinstance(detail, str)
+    assert detail
+    return detail
+
+
+def retry_after(response: httpx.Response) -> int:
+    """The Retry-After header: a whole number of seconds, at least one."""
+    value = response.headers.get("retry-after", "")
+    assert value.isdigit(), f"Retry-After is not an integer number of seconds: {value!r}"
+    seconds = int(value)
+    assert seconds >= 1, value
+    return seconds
+
+
+def assert_clean(response: httpx.Response, secrets: Collection[str]) -> None:
+    """No secret and no traceback, in the body or any header."""
+    for secret in secrets:
+        assert secret not in response.text
+        for name, value in response.headers.multi_items():
+            assert secret not in name
+            assert secret not in value
+    assert "Traceback" not in response.text
+
+
+def check_every_response(client: httpx.AsyncClient, secrets: Collection[str]) -> None:
+    """Make `client` fail the test at any answer that shows one of `secrets` or a traceback."""
+
+    async def check(response: httpx.Response) -> None:
+        await response.aread()
+        assert_clean(response, secrets)
+
+    client.event_hooks["response"].append(check)
+
+
+# -- the breaker -----------------------------------------------------------------------------
+
+
+async def breaker_status(api: httpx.AsyncClient) -> dict[str, Any]:
+    """GET /circuit-breaker: the most severe breaker at the top level, all of them in
+    `breakers`."""
+    response = await api.get("/circuit-breaker")
+    assert response.status_code == 200, response.text
+    status: dict[str, Any] = response.json()
+    return status
+
+
+_trip_symbols = itertools.count(1)
+
+
+async def trip(api: httpx.AsyncClient, sim: SimulatorControl, failures: int = 5) -> None:
+    """Open the breaker: take the simulator down, then send `failures` requests (the default
+    BREAKER_FAILURE_THRESHOLD unless told), each answered 502. Each names a symbol never asked
+    before, so that no cached copy answers it."""
+    await sim.set_fault(FaultMode.DOWN)
+    for _ in range(failures):
+        error_detail(await api.get(f"/stock/TRIP{next(_trip_symbols)}"), 502)
+
 
 # -- the simulator ---------------------------------------------------------------------------
 

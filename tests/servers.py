@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Protocol
 import httpx
 
 from app.settings import SIMULATOR_DEFAULTS, Settings
-from tests.helpers import SimulatorControl
+from tests.helpers import SimulatorControl, check_every_response
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -284,12 +284,16 @@ class StartStack(Protocol):
 
 
 @asynccontextmanager
-async def connect(stack: Stack) -> AsyncIterator[tuple[httpx.AsyncClient, SimulatorControl]]:
-    """A client of the service and a control of the simulator, both closed on exit."""
+async def connect(
+    stack: Stack, secrets: Collection[str] = ()
+) -> AsyncIterator[tuple[httpx.AsyncClient, SimulatorControl]]:
+    """A client of the service and a control of the simulator, both closed on exit. The client
+    fails the test at any answer that shows one of `secrets` or a traceback."""
     async with (
         async_http_client(stack.service.url) as api,
         async_http_client(stack.simulator.url) as sim,
     ):
+        check_every_response(api, secrets)
         yield api, SimulatorControl(sim)
 
 

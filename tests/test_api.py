@@ -12,7 +12,6 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -24,7 +23,15 @@ from app.main import create_app
 from app.settings import Settings
 from app.simulator import FaultMode
 from tests.conftest import ADMIN_TOKEN, API_KEY, make_settings
-from tests.helpers import SimulatorControl
+from tests.helpers import (
+    SimulatorControl,
+    assert_clean,
+    breaker_status,
+    check_every_response,
+    error_detail,
+    retry_after,
+    trip,
+)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DAILY = "/stock/{}"
@@ -85,25 +92,11 @@ STATE_CHANGES = (
     'stock_api_circuit_breaker_state_changes_total{{breaker="alphavantage",'
     'from_state="{}",to_state="{}"}} '
 )
+SECRETS = (API_KEY, ADMIN_TOKEN)
 REJECTED = 'stock_api_circuit_breaker_rejected_calls_total{breaker="alphavantage"} '
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def assert_clean(response: httpx.Response) -> None:
-    """No secret and no traceback, in the body or any header."""
-    for secret in (API_KEY, ADMIN_TOKEN):
-        assert secret not in response.text
-        for name, value in response.headers.multi_items():
-            assert secret not in name
-            assert secret not in value
-    assert "Traceback" not in response.text
-
-
-async def check_response(response: httpx.Response) -> None:
-    await response.aread()
-    assert_clean(response)
 
 
 @asynccontextmanager
@@ -114,34 +107,10 @@ async def serve(
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=transport,
-            base_url="http://test",
-            event_hooks={"response": [check_response]},
-        ) as client,
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
     ):
+        check_every_response(client, SECRETS)
         yield client
-
-
-def error_detail(response: httpx.Response, status: int) -> str:
-    """Assert an error answer: `status`, JSON, exactly `{"detail": "<non-empty text>"}`."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert isinstance(body, dict)
-    assert set(body) == {"detail"}
-    detail = body["detail"]
-    assert isinstance(detail, str)
-    assert detail
-    return detail
-
-
-def retry_after(response: httpx.Response) -> int:
-    value = response.headers["retry-after"]
-    assert value.isdigit(), value
-    seconds = int(value)
-    assert seconds >= 1
-    return seconds
 
 
 def is_number(value: object) -> bool:
@@ -166,20 +135,6 @@ def assert_prices(prices: object, count: int) -> None:
         assert set(point) == PRICE_FIELDS
         assert all(is_number(point[key]) for key in ("open", "high", "low", "close"))
         assert type(point["volume"]) is int
-
-
-async def trip(api: httpx.AsyncClient, sim: SimulatorControl) -> None:
-    """Open the breaker with five failing requests (distinct symbols: no cache involved)."""
-    await sim.set_fault(FaultMode.HTTP_500)
-    for n in range(5):
-        error_detail(await api.get(f"/stock/FAIL{n}"), 502)
-
-
-async def breaker(api: httpx.AsyncClient) -> dict[str, Any]:
-    response = await api.get("/circuit-breaker")
-    assert response.status_code == 200
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def scrape(api: httpx.AsyncClient) -> list[str]:
@@ -207,7 +162,7 @@ def label_values(exposition: str) -> set[str]:
 @pytest.fixture
 def api(client: httpx.AsyncClient) -> httpx.AsyncClient:
     """conftest's client (app + simulator, lifespan entered), with every response checked."""
-    client.event_hooks["response"].append(check_response)
+    check_every_response(client, SECRETS)
     return client
 
 
@@ -464,7 +419,7 @@ class TestUnknownSymbol:
         for n in range(10):
             endpoint = DAILY if n % 2 else QUOTE
             error_detail(await api.get(endpoint.format(f"ZZ{n}")), 404)
-        status = await breaker(api)
+        status = await breaker_status(api)
         assert status["state"] == "closed"
         assert status["failure_count"] == 0
         assert status["last_failure_time"] is None
@@ -478,10 +433,10 @@ class TestUnknownSymbol:
             error_detail(await api.get(f"/stock/FAIL{n}"), 502)
         await sim.set_fault(FaultMode.HEALTHY)
         error_detail(await api.get("/stock/ZZTOP"), 404)
-        assert (await breaker(api))["failure_count"] == 4
+        assert (await breaker_status(api))["failure_count"] == 4
         await sim.set_fault(FaultMode.HTTP_500)
         error_detail(await api.get("/stock/FAIL4"), 502)
-        assert (await breaker(api))["state"] == "open"
+        assert (await breaker_status(api))["state"] == "open"
 
     async def test_unknown_symbol_is_counted_as_its_own_outcome(
         self, api: httpx.AsyncClient
@@ -557,7 +512,7 @@ class TestUpstreamTimeout:
         for response in responses:
             error_detail(response, 504)
         assert await sim.total_calls() == 1
-        assert (await breaker(api))["failure_count"] == 1
+        assert (await breaker_status(api))["failure_count"] == 1
 
 
 # -- circuit breaker -----------------------------------------------------------------------
@@ -565,7 +520,7 @@ class TestUpstreamTimeout:
 
 class TestCircuitBreaker:
     async def test_status_when_closed(self, api: httpx.AsyncClient) -> None:
-        status = await breaker(api)
+        status = await breaker_status(api)
         assert set(status) == BREAKER_FIELDS
         assert status["name"] == "alphavantage"
         assert status["state"] == "closed"
@@ -596,7 +551,7 @@ class TestCircuitBreaker:
 
     async def test_status_when_open(self, api: httpx.AsyncClient, sim: SimulatorControl) -> None:
         await trip(api, sim)
-        status = await breaker(api)
+        status = await breaker_status(api)
         assert status["state"] == "open"
         assert status["failure_count"] == 5
         assert utc_instant(status["opened_at"]) >= utc_instant(status["last_failure_time"])
@@ -608,14 +563,14 @@ class TestCircuitBreaker:
         await sim.set_fault(FaultMode.HTTP_500)
         for n in range(4):
             error_detail(await api.get(f"/stock/FAIL{n}"), 502)
-        assert (await breaker(api))["failure_count"] == 4
-        utc_instant((await breaker(api))["last_failure_time"])
+        assert (await breaker_status(api))["failure_count"] == 4
+        utc_instant((await breaker_status(api))["last_failure_time"])
         await sim.set_fault(FaultMode.HEALTHY)
         assert (await api.get("/stock/IBM")).status_code == 200
-        assert (await breaker(api))["failure_count"] == 0
+        assert (await breaker_status(api))["failure_count"] == 0
         await sim.set_fault(FaultMode.HTTP_500)
         error_detail(await api.get("/stock/FAIL9"), 502)
-        assert (await breaker(api))["state"] == "closed"
+        assert (await breaker_status(api))["state"] == "closed"
 
 
 class TestBreakerTimeout:
@@ -630,11 +585,11 @@ class TestBreakerTimeout:
     ) -> None:
         await trip(api, sim)
         await asyncio.sleep(0.1)
-        assert (await breaker(api))["state"] == "half_open"
+        assert (await breaker_status(api))["state"] == "half_open"
         await sim.set_fault(FaultMode.HEALTHY)
         for symbol in ("ONE", "TWO", "THREE"):
             assert (await api.get(f"/stock/{symbol}")).status_code == 200
-        status = await breaker(api)
+        status = await breaker_status(api)
         assert status["state"] == "closed"
         assert status["opened_at"] is None
 
@@ -655,7 +610,7 @@ class TestBreakerTimeout:
     ) -> None:
         assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
         await asyncio.sleep(0.1)
-        assert (await breaker(api))["state"] == "open"
+        assert (await breaker_status(api))["state"] == "open"
         error_detail(await api.get("/stock/IBM"), 503)
         assert f"{STATE_GAUGE}1.0" in await scrape(api)
         assert await sim.total_calls() == 0
@@ -673,7 +628,7 @@ class TestSubSecondBreakerTimeout:
         response = await api.get("/stock/SIXTH")
         error_detail(response, 503)
         assert response.headers["retry-after"] == "1"
-        assert 0 < (await breaker(api))["retry_after_seconds"] <= 0.5
+        assert 0 < (await breaker_status(api))["retry_after_seconds"] <= 0.5
 
 
 # -- stale serving -------------------------------------------------------------------------
@@ -726,7 +681,7 @@ class TestStaleServing:
     ) -> None:
         assert (await api.get("/stock/IBM")).status_code == 200
         await trip(api, sim)
-        assert (await breaker(api))["state"] == "open"
+        assert (await breaker_status(api))["state"] == "open"
         response = await api.get("/stock/IBM")
         assert response.status_code == 200
         assert response.json()["source"] == "stale"
@@ -801,7 +756,7 @@ class TestAdmin:
         response = await api.post(f"/circuit-breaker/{action}", headers=headers)
         error_detail(response, 401)
         assert response.headers["www-authenticate"] == "Bearer"
-        assert (await breaker(api))["state"] == "closed"
+        assert (await breaker_status(api))["state"] == "closed"
 
     async def test_open_answers_the_snapshot_and_stays_open(
         self, api: httpx.AsyncClient, sim: SimulatorControl
@@ -813,7 +768,7 @@ class TestAdmin:
         assert status["state"] == "open"
         utc_instant(status["opened_at"])
         assert status["retry_after_seconds"] > 0
-        assert (await breaker(api))["state"] == "open"
+        assert (await breaker_status(api))["state"] == "open"
         rejected = await api.get("/stock/IBM")
         error_detail(rejected, 503)
         retry_after(rejected)
@@ -849,7 +804,7 @@ class TestAdminDisabled:
     ) -> None:
         response = await api.post(f"/circuit-breaker/{action}", headers=headers)
         assert error_detail(response, 404) == "Not Found"
-        assert (await breaker(api))["state"] == "closed"
+        assert (await breaker_status(api))["state"] == "closed"
 
 
 # -- health ----------------------------------------------------------------------------
@@ -871,9 +826,8 @@ class TestHealth:
 
     async def test_readyz_is_503_after_shutdown(self, app: FastAPI) -> None:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://test", event_hooks={"response": [check_response]}
-        ) as api:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as api:
+            check_every_response(api, SECRETS)
             async with app.router.lifespan_context(app):
                 assert (await api.get("/readyz")).status_code == 200
             assert error_detail(await api.get("/readyz"), 503) == "not ready"
@@ -1054,7 +1008,7 @@ class TestErrors:
         assert error_detail(response, 405) == "Method Not Allowed"
         assert "allow" in response.headers
         assert await sim.total_calls() == 0
-        assert (await breaker(api))["state"] == "closed"
+        assert (await breaker_status(api))["state"] == "closed"
 
 
 # -- secrets ---------------------------------------------------------------------------
@@ -1086,4 +1040,4 @@ async def test_the_api_key_never_leaves_the_service(
     statuses = {response.status_code for response in responses}
     assert statuses >= {200, 401, 404, 405, 422, 502, 503}
     for response in responses:
-        assert_clean(response)
+        assert_clean(response, SECRETS)

@@ -13,17 +13,8 @@ import pytest
 from app.settings import Settings
 from app.simulator import FaultMode
 from tests.conftest import make_settings
-from tests.helpers import SimulatorControl
-from tests.test_api import (
-    ADMIN,
-    api,
-    breaker,
-    error_detail,
-    retry_after,
-    sample,
-    scrape,
-    trip,
-)
+from tests.helpers import SimulatorControl, breaker_status, error_detail, retry_after, trip
+from tests.test_api import ADMIN, api, sample, scrape
 
 __all__ = ["api"]  # the fixture, imported for the tests below
 
@@ -71,7 +62,7 @@ class TestPacing:
         assert 900 <= retry_after(response) <= 1000
         assert await sim.total_calls() == 1
         assert sample(await scrape(api), THROTTLED.format("pacing")) == 1.0
-        assert (await breaker(api))["state"] == "closed"  # never a failure of Alpha Vantage
+        assert (await breaker_status(api))["state"] == "closed"  # never a failure of Alpha Vantage
 
     async def test_a_stale_copy_is_served_instead(
         self, api: httpx.AsyncClient, sim: SimulatorControl
@@ -147,7 +138,7 @@ async def test_without_a_quota_a_per_day_answer_still_stops_calls_for_a_day(
     status = await upstream(api)
     assert status["quota"] is None
     assert in_a_day(status["paused_until"])
-    assert (await breaker(api))["state"] == "closed"
+    assert (await breaker_status(api))["state"] == "closed"
 
 
 @pytest.mark.parametrize(("mode", "seconds"), [("burst_limited", 1), ("minute_limited", 60)])
@@ -162,8 +153,8 @@ async def test_a_short_rate_limit_pauses_calls_for_its_period_only(
     assert isinstance(status["paused_until"], str)
     paused_for = dt.datetime.fromisoformat(status["paused_until"]) - dt.datetime.now(dt.UTC)
     assert dt.timedelta(0) < paused_for <= dt.timedelta(seconds=seconds)
-    assert (await breaker(api))["state"] == "closed"
-    assert (await breaker(api))["failure_count"] == 0
+    assert (await breaker_status(api))["state"] == "closed"
+    assert (await breaker_status(api))["failure_count"] == 0
 
 
 async def test_limits_off_show_as_null_and_export_no_quota(api: httpx.AsyncClient) -> None:
@@ -215,7 +206,7 @@ class TestFunctionScope:
         error_detail(await api.get("/stock/IBM/quote"), 503)  # its breaker is open
         assert (await api.get("/stock/IBM")).status_code == 200  # the daily series is not
 
-        status = await breaker(api)
+        status = await breaker_status(api)
         assert (status["name"], status["state"]) == (QUOTE_BREAKER, "open")  # the worst one
         states = {b["name"]: b["state"] for b in status["breakers"]}
         assert states == {DAILY_BREAKER: "closed", QUOTE_BREAKER: "open"}
@@ -243,7 +234,7 @@ class TestFunctionScope:
 
 
 async def test_the_shared_scope_lists_its_one_breaker(api: httpx.AsyncClient) -> None:
-    status = await breaker(api)
+    status = await breaker_status(api)
     [only] = status["breakers"]
     assert only == {key: value for key, value in status.items() if key != "breakers"}
 
@@ -267,7 +258,7 @@ class TestFailureRateMode:
             assert (await api.get(f"/stock/{symbol}")).status_code == 200
         await sim.set_fault(FaultMode.HTTP_500)
         error_detail(await api.get("/stock/FAIL1"), 502)
-        status = await breaker(api)
+        status = await breaker_status(api)
         assert (status["mode"], status["state"], status["window_calls"]) == (
             "failure_rate",
             "closed",
@@ -275,7 +266,7 @@ class TestFailureRateMode:
         )
         assert status["failure_rate"] == pytest.approx(1 / 3)
         error_detail(await api.get("/stock/FAIL2"), 502)  # 2 of 4: open
-        status = await breaker(api)
+        status = await breaker_status(api)
         assert status["state"] == "open"
         response = await api.get("/stock/FAIL3")
         assert "circuit breaker" in error_detail(response, 503)
@@ -286,7 +277,7 @@ class TestFailureRateMode:
     ) -> None:
         for n in range(6):
             error_detail(await api.get(f"/stock/ZZ{n}"), 404)
-        status = await breaker(api)
+        status = await breaker_status(api)
         assert (status["state"], status["window_calls"]) == ("closed", 0)
 
 
@@ -305,10 +296,10 @@ class TestBackoff:
         self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         await trip(api, sim)
-        assert (await breaker(api))["open_timeout_seconds"] == 0.05
+        assert (await breaker_status(api))["open_timeout_seconds"] == 0.05
         await asyncio.sleep(0.1)  # past the first opening: half-open
         error_detail(await api.get("/stock/PROBE"), 502)
-        status = await breaker(api)
+        status = await breaker_status(api)
         assert (status["state"], status["reopens"]) == ("open", 1)
         assert status["open_timeout_seconds"] == 5
         assert 4 < status["retry_after_seconds"] <= 5
@@ -319,4 +310,4 @@ class TestBackoff:
         reset = await api.post("/circuit-breaker/reset", headers=ADMIN)
         assert reset.json()["reopens"] == 0
         await trip(api, sim)  # closing forgot the backoff: the first opening again
-        assert (await breaker(api))["open_timeout_seconds"] == 0.05
+        assert (await breaker_status(api))["open_timeout_seconds"] == 0.05
