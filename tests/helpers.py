@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.simulator import FaultMode
 
@@ -82,6 +84,55 @@ async def trip(api: httpx.AsyncClient, sim: SimulatorControl, failures: int = 5)
     await sim.set_fault(FaultMode.DOWN)
     for _ in range(failures):
         error_detail(await api.get(f"/stock/TRIP{next(_trip_symbols)}"), 502)
+
+
+# -- /metrics --------------------------------------------------------------------------------
+
+BREAKER_STATE = "stock_api_circuit_breaker_state"
+STATE_CHANGES = "stock_api_circuit_breaker_state_changes_total"
+REJECTED_CALLS = "stock_api_circuit_breaker_rejected_calls_total"
+UPSTREAM_CALLS = "stock_api_upstream_calls_total"
+THROTTLED_CALLS = "stock_api_upstream_throttled_calls_total"
+CACHE_REQUESTS = "stock_api_cache_requests_total"
+HTTP_REQUESTS = "stock_api_http_requests_total"
+
+Series = tuple[str, frozenset[tuple[str, str]]]  # a sample's name and labels
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One /metrics exposition, as prometheus_client's own parser reads it."""
+
+    text: str
+    samples: dict[Series, float]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The value of the sample `name` with exactly `labels`."""
+        series = (name, frozenset(labels.items()))
+        assert series in self.samples, f"no sample {name} {labels} in:\n{self.text}"
+        return self.samples[series]
+
+    def label_values(self, label: str | None = None) -> set[str]:
+        """Every value that `label` (any label, without one) takes in a sample."""
+        return {
+            value
+            for _, labels in self.samples
+            for name, value in labels
+            if label is None or name == label
+        }
+
+
+async def scrape(api: httpx.AsyncClient) -> Scrape:
+    """GET /metrics, parsed; every sample must appear once."""
+    response = await api.get("/metrics")
+    assert response.status_code == 200, response.text
+    samples: dict[Series, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            series = (sample.name, frozenset(sample.labels.items()))
+            assert series not in samples, f"{sample.name} {sample.labels} is exported twice"
+            samples[series] = sample.value
+    return Scrape(response.text, samples)
 
 
 # -- the simulator ---------------------------------------------------------------------------

@@ -17,19 +17,25 @@ from urllib.parse import quote
 import httpx
 import pytest
 from fastapi import FastAPI
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from app.settings import Settings
 from app.simulator import FaultMode
 from tests.conftest import ADMIN_TOKEN, API_KEY, make_settings
 from tests.helpers import (
+    BREAKER_STATE,
+    CACHE_REQUESTS,
+    HTTP_REQUESTS,
+    REJECTED_CALLS,
+    STATE_CHANGES,
+    UPSTREAM_CALLS,
     SimulatorControl,
     assert_clean,
     breaker_status,
     check_every_response,
     error_detail,
     retry_after,
+    scrape,
     trip,
 )
 
@@ -85,15 +91,7 @@ ROUTE_LABELS = {
     "/metrics",
     "unmatched",
 }
-STATE_GAUGE = 'stock_api_circuit_breaker_state{breaker="alphavantage"} '
-UPSTREAM_CALLS = 'stock_api_upstream_calls_total{{function="{}",outcome="{}"}} '
-CACHE_REQUESTS = 'stock_api_cache_requests_total{{function="{}",result="{}"}} '
-STATE_CHANGES = (
-    'stock_api_circuit_breaker_state_changes_total{{breaker="alphavantage",'
-    'from_state="{}",to_state="{}"}} '
-)
 SECRETS = (API_KEY, ADMIN_TOKEN)
-REJECTED = 'stock_api_circuit_breaker_rejected_calls_total{breaker="alphavantage"} '
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -135,28 +133,6 @@ def assert_prices(prices: object, count: int) -> None:
         assert set(point) == PRICE_FIELDS
         assert all(is_number(point[key]) for key in ("open", "high", "low", "close"))
         assert type(point["volume"]) is int
-
-
-async def scrape(api: httpx.AsyncClient) -> list[str]:
-    response = await api.get("/metrics")
-    assert response.status_code == 200
-    return response.text.splitlines()
-
-
-def sample(lines: list[str], prefix: str) -> float:
-    """The value of the one exposition line that starts with `prefix`."""
-    found = [line for line in lines if line.startswith(prefix)]
-    assert len(found) == 1, (prefix, found)
-    return float(found[0].removeprefix(prefix))
-
-
-def label_values(exposition: str) -> set[str]:
-    return {
-        value
-        for family in text_string_to_metric_families(exposition)
-        for metric in family.samples
-        for value in metric.labels.values()
-    }
 
 
 @pytest.fixture
@@ -443,10 +419,10 @@ class TestUnknownSymbol:
     ) -> None:
         await api.get("/stock/ZZTOP")
         await api.get("/stock/ZZTOP/quote")
-        lines = await scrape(api)
+        metrics = await scrape(api)
         for function in ("TIME_SERIES_DAILY", "GLOBAL_QUOTE"):
-            assert sample(lines, UPSTREAM_CALLS.format(function, "unknown_symbol")) == 1.0
-            assert sample(lines, UPSTREAM_CALLS.format(function, "success")) == 0.0
+            assert metrics.value(UPSTREAM_CALLS, function=function, outcome="unknown_symbol") == 1.0
+            assert metrics.value(UPSTREAM_CALLS, function=function, outcome="success") == 0.0
 
 
 # -- upstream faults -----------------------------------------------------------------------
@@ -483,7 +459,7 @@ class TestUpstreamFaults:
             retry_after(response)
         assert await sim.total_calls() == 1
         function = "TIME_SERIES_DAILY" if endpoint == DAILY else "GLOBAL_QUOTE"
-        assert sample(await scrape(api), UPSTREAM_CALLS.format(function, outcome)) == 1.0
+        assert (await scrape(api)).value(UPSTREAM_CALLS, function=function, outcome=outcome) == 1.0
 
 
 class TestUpstreamTimeout:
@@ -502,7 +478,9 @@ class TestUpstreamTimeout:
         detail = error_detail(response, 504)
         assert "0.2" in detail
         function = "TIME_SERIES_DAILY" if endpoint == DAILY else "GLOBAL_QUOTE"
-        assert sample(await scrape(api), UPSTREAM_CALLS.format(function, "timeout")) == 1.0
+        assert (await scrape(api)).value(
+            UPSTREAM_CALLS, function=function, outcome="timeout"
+        ) == 1.0
 
     async def test_concurrent_timeouts_share_one_call_and_one_failure(
         self, api: httpx.AsyncClient, sim: SimulatorControl
@@ -597,13 +575,23 @@ class TestBreakerTimeout:
         self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
         await trip(api, sim)
-        lines = await scrape(api)
-        assert f"{STATE_GAUGE}1.0" in lines
+        metrics = await scrape(api)
+        assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 1.0
         await asyncio.sleep(0.1)
-        lines = await scrape(api)
-        assert f"{STATE_GAUGE}2.0" in lines
-        assert sample(lines, STATE_CHANGES.format("closed", "open")) == 1.0
-        assert sample(lines, STATE_CHANGES.format("open", "half_open")) == 1.0
+        metrics = await scrape(api)
+        assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 2.0
+        assert (
+            metrics.value(
+                STATE_CHANGES, breaker="alphavantage", from_state="closed", to_state="open"
+            )
+            == 1.0
+        )
+        assert (
+            metrics.value(
+                STATE_CHANGES, breaker="alphavantage", from_state="open", to_state="half_open"
+            )
+            == 1.0
+        )
 
     async def test_forced_open_outlasts_the_timeout(
         self, api: httpx.AsyncClient, sim: SimulatorControl
@@ -612,7 +600,7 @@ class TestBreakerTimeout:
         await asyncio.sleep(0.1)
         assert (await breaker_status(api))["state"] == "open"
         error_detail(await api.get("/stock/IBM"), 503)
-        assert f"{STATE_GAUGE}1.0" in await scrape(api)
+        assert (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage") == 1.0
         assert await sim.total_calls() == 0
 
 
@@ -663,7 +651,7 @@ class TestStaleServing:
         assert response.json() == {**fresh, "source": "stale"}
         assert await sim.total_calls() == 2  # it did try upstream first
         function = "TIME_SERIES_DAILY" if endpoint == DAILY else "GLOBAL_QUOTE"
-        assert sample(await scrape(api), CACHE_REQUESTS.format(function, "stale")) == 1.0
+        assert (await scrape(api)).value(CACHE_REQUESTS, function=function, result="stale") == 1.0
 
     async def test_stale_copy_is_served_while_the_breaker_is_forced_open(
         self, api: httpx.AsyncClient, sim: SimulatorControl
@@ -686,7 +674,7 @@ class TestStaleServing:
         assert response.status_code == 200
         assert response.json()["source"] == "stale"
         assert await sim.total_calls() == 6
-        assert sample(await scrape(api), REJECTED) == 1.0
+        assert (await scrape(api)).value(REJECTED_CALLS, breaker="alphavantage") == 1.0
 
     async def test_symbol_never_fetched_gets_an_error_not_a_stale_copy(
         self, api: httpx.AsyncClient, sim: SimulatorControl
@@ -844,27 +832,40 @@ class TestMetrics:
         assert response.headers["content-type"].startswith("text/plain")
 
     async def test_known_series_exist_before_any_traffic(self, api: httpx.AsyncClient) -> None:
-        lines = await scrape(api)
-        assert f"{STATE_GAUGE}0.0" in lines
-        assert sample(lines, REJECTED) == 0.0
+        metrics = await scrape(api)
+        assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 0.0
+        assert metrics.value(REJECTED_CALLS, breaker="alphavantage") == 0.0
         for old, new in [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]:
-            assert sample(lines, STATE_CHANGES.format(old, new)) == 0.0
+            assert (
+                metrics.value(STATE_CHANGES, breaker="alphavantage", from_state=old, to_state=new)
+                == 0.0
+            )
         for function in ("TIME_SERIES_DAILY", "GLOBAL_QUOTE"):
             for outcome in ("success", "timeout", "rate_limited", "unknown_symbol"):
-                assert sample(lines, UPSTREAM_CALLS.format(function, outcome)) == 0.0
+                assert metrics.value(UPSTREAM_CALLS, function=function, outcome=outcome) == 0.0
             for result in ("hit", "miss", "stale"):
-                assert sample(lines, CACHE_REQUESTS.format(function, result)) == 0.0
+                assert metrics.value(CACHE_REQUESTS, function=function, result=result) == 0.0
 
     async def test_state_gauge_follows_force_open_and_reset(self, api: httpx.AsyncClient) -> None:
-        assert f"{STATE_GAUGE}0.0" in await scrape(api)
+        assert (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage") == 0.0
         await api.post("/circuit-breaker/open", headers=ADMIN)
-        lines = await scrape(api)
-        assert f"{STATE_GAUGE}1.0" in lines
-        assert sample(lines, STATE_CHANGES.format("closed", "open")) == 1.0
+        metrics = await scrape(api)
+        assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 1.0
+        assert (
+            metrics.value(
+                STATE_CHANGES, breaker="alphavantage", from_state="closed", to_state="open"
+            )
+            == 1.0
+        )
         await api.post("/circuit-breaker/reset", headers=ADMIN)
-        lines = await scrape(api)
-        assert f"{STATE_GAUGE}0.0" in lines
-        assert sample(lines, STATE_CHANGES.format("open", "closed")) == 1.0
+        metrics = await scrape(api)
+        assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 0.0
+        assert (
+            metrics.value(
+                STATE_CHANGES, breaker="alphavantage", from_state="open", to_state="closed"
+            )
+            == 1.0
+        )
 
     async def test_a_trip_counts_one_state_change_and_each_rejection(
         self, api: httpx.AsyncClient, sim: SimulatorControl
@@ -872,13 +873,18 @@ class TestMetrics:
         await trip(api, sim)
         for _ in range(3):
             await api.get("/stock/REJECTED")
-        lines = await scrape(api)
+        metrics = await scrape(api)
         assert (
-            'stock_api_circuit_breaker_state_changes_total{breaker="alphavantage",'
-            'from_state="closed",to_state="open"} 1.0'
-        ) in lines
-        assert sample(lines, REJECTED) == 3.0
-        assert sample(lines, UPSTREAM_CALLS.format("TIME_SERIES_DAILY", "bad_response")) == 5.0
+            metrics.value(
+                STATE_CHANGES, breaker="alphavantage", from_state="closed", to_state="open"
+            )
+            == 1.0
+        )
+        assert metrics.value(REJECTED_CALLS, breaker="alphavantage") == 3.0
+        assert (
+            metrics.value(UPSTREAM_CALLS, function="TIME_SERIES_DAILY", outcome="bad_response")
+            == 5.0
+        )
 
     async def test_upstream_calls_and_cache_lookups_are_counted(
         self, api: httpx.AsyncClient
@@ -886,16 +892,13 @@ class TestMetrics:
         await api.get("/stock/IBM")
         await api.get("/stock/IBM", params={"days": 3})
         await api.get("/stock/IBM/quote")
-        lines = await scrape(api)
-        assert (
-            'stock_api_upstream_calls_total{function="TIME_SERIES_DAILY",outcome="success"} 1.0'
-            in lines
-        )
-        assert sample(lines, UPSTREAM_CALLS.format("GLOBAL_QUOTE", "success")) == 1.0
-        assert sample(lines, CACHE_REQUESTS.format("TIME_SERIES_DAILY", "miss")) == 1.0
-        assert sample(lines, CACHE_REQUESTS.format("TIME_SERIES_DAILY", "hit")) == 1.0
-        assert sample(lines, CACHE_REQUESTS.format("TIME_SERIES_DAILY", "stale")) == 0.0
-        assert sample(lines, CACHE_REQUESTS.format("GLOBAL_QUOTE", "miss")) == 1.0
+        metrics = await scrape(api)
+        assert metrics.value(UPSTREAM_CALLS, function="TIME_SERIES_DAILY", outcome="success") == 1.0
+        assert metrics.value(UPSTREAM_CALLS, function="GLOBAL_QUOTE", outcome="success") == 1.0
+        assert metrics.value(CACHE_REQUESTS, function="TIME_SERIES_DAILY", result="miss") == 1.0
+        assert metrics.value(CACHE_REQUESTS, function="TIME_SERIES_DAILY", result="hit") == 1.0
+        assert metrics.value(CACHE_REQUESTS, function="TIME_SERIES_DAILY", result="stale") == 0.0
+        assert metrics.value(CACHE_REQUESTS, function="GLOBAL_QUOTE", result="miss") == 1.0
 
     async def test_http_requests_are_labelled_by_route_template_only(
         self, api: httpx.AsyncClient
@@ -911,26 +914,17 @@ class TestMetrics:
         ):
             await api.get(path)
         await api.post("/stock/IBM")
-        response = await api.get("/metrics")
-        lines = response.text.splitlines()
-        assert (
-            'stock_api_http_requests_total{method="GET",route="/stock/{symbol}",status="200"} 1.0'
-        ) in lines
-        assert (
-            'stock_api_http_requests_total{method="GET",route="/stock/{symbol}",status="422"} 2.0'
-        ) in lines
-        routes = {
-            metric.labels["route"]
-            for family in text_string_to_metric_families(response.text)
-            for metric in family.samples
-            if "route" in metric.labels
-        }
+        metrics = await scrape(api)
+        stock_gets = {"method": "GET", "route": "/stock/{symbol}"}
+        assert metrics.value(HTTP_REQUESTS, **stock_gets, status="200") == 1.0
+        assert metrics.value(HTTP_REQUESTS, **stock_gets, status="422") == 2.0
+        routes = metrics.label_values("route")
         assert "/stock/{symbol}" in routes
         assert "unmatched" in routes
         assert routes <= ROUTE_LABELS
-        values = label_values(response.text)
+        values = metrics.label_values()
         assert not [value for value in values if "IBM" in value or "nowhere" in value]
-        assert "IBM" not in response.text
+        assert "IBM" not in metrics.text
 
 
 # -- request ids -----------------------------------------------------------------------

@@ -13,14 +13,22 @@ import pytest
 from app.settings import Settings
 from app.simulator import FaultMode
 from tests.conftest import make_settings
-from tests.helpers import SimulatorControl, breaker_status, error_detail, retry_after, trip
-from tests.test_api import ADMIN, api, sample, scrape
+from tests.helpers import (
+    BREAKER_STATE,
+    THROTTLED_CALLS,
+    SimulatorControl,
+    breaker_status,
+    error_detail,
+    retry_after,
+    scrape,
+    trip,
+)
+from tests.test_api import ADMIN, api
 
 __all__ = ["api"]  # the fixture, imported for the tests below
 
-THROTTLED = 'stock_api_upstream_throttled_calls_total{{reason="{}"}} '
-QUOTA_REMAINING = "stock_api_upstream_quota_remaining "
-QUOTA_LIMIT = "stock_api_upstream_quota_limit "
+QUOTA_REMAINING = "stock_api_upstream_quota_remaining"
+QUOTA_LIMIT = "stock_api_upstream_quota_limit"
 DAILY_BREAKER = "alphavantage_time_series_daily"
 QUOTE_BREAKER = "alphavantage_global_quote"
 DAY = dt.timedelta(days=1)
@@ -61,7 +69,7 @@ class TestPacing:
         assert "paced" in error_detail(response, 503)
         assert 900 <= retry_after(response) <= 1000
         assert await sim.total_calls() == 1
-        assert sample(await scrape(api), THROTTLED.format("pacing")) == 1.0
+        assert (await scrape(api)).value(THROTTLED_CALLS, reason="pacing") == 1.0
         assert (await breaker_status(api))["state"] == "closed"  # never a failure of Alpha Vantage
 
     async def test_a_stale_copy_is_served_instead(
@@ -88,8 +96,8 @@ class TestDailyQuota:
     async def test_the_spent_quota_refuses_with_the_time_it_frees_up(
         self, api: httpx.AsyncClient, sim: SimulatorControl
     ) -> None:
-        lines = await scrape(api)
-        assert (sample(lines, QUOTA_LIMIT), sample(lines, QUOTA_REMAINING)) == (2.0, 2.0)
+        metrics = await scrape(api)
+        assert (metrics.value(QUOTA_LIMIT), metrics.value(QUOTA_REMAINING)) == (2.0, 2.0)
         assert (await api.get("/stock/IBM")).status_code == 200
         assert (await api.get("/stock/IBM/quote")).status_code == 200
         response = await api.get("/stock/MSFT")
@@ -98,9 +106,9 @@ class TestDailyQuota:
         assert (await api.get("/stock/IBM")).status_code == 200  # the cache still answers
         assert await sim.total_calls() == 2
 
-        lines = await scrape(api)
-        assert sample(lines, QUOTA_REMAINING) == 0.0
-        assert sample(lines, THROTTLED.format("quota")) == 1.0
+        metrics = await scrape(api)
+        assert metrics.value(QUOTA_REMAINING) == 0.0
+        assert metrics.value(THROTTLED_CALLS, reason="quota") == 1.0
         quota = (await upstream(api))["quota"]
         assert isinstance(quota, dict)
         assert (quota["limit"], quota["used"], quota["remaining"]) == (2, 2, 0)
@@ -162,9 +170,9 @@ async def test_limits_off_show_as_null_and_export_no_quota(api: httpx.AsyncClien
     assert status["quota"] is None
     assert status["pacing"] is None
     assert status["bulkheads"] == [{"name": "alphavantage", "max_concurrency": 4, "in_flight": 0}]
-    text = "\n".join(await scrape(api))
-    assert "stock_api_upstream_quota" not in text
-    assert 'stock_api_upstream_max_concurrency{bulkhead="alphavantage"} 4.0' in text
+    metrics = await scrape(api)
+    assert "stock_api_upstream_quota" not in metrics.text
+    assert metrics.value("stock_api_upstream_max_concurrency", bulkhead="alphavantage") == 4.0
 
 
 class TestBulkhead:
@@ -189,7 +197,7 @@ class TestBulkhead:
         assert retry_after(response) == 1
         assert (await slow).status_code == 200
         assert await sim.total_calls() == 1
-        assert sample(await scrape(api), THROTTLED.format("bulkhead")) == 1.0
+        assert (await scrape(api)).value(THROTTLED_CALLS, reason="bulkhead") == 1.0
 
 
 class TestFunctionScope:
@@ -210,10 +218,9 @@ class TestFunctionScope:
         assert (status["name"], status["state"]) == (QUOTE_BREAKER, "open")  # the worst one
         states = {b["name"]: b["state"] for b in status["breakers"]}
         assert states == {DAILY_BREAKER: "closed", QUOTE_BREAKER: "open"}
-        lines = await scrape(api)
-        gauge = 'stock_api_circuit_breaker_state{{breaker="{}"}} '
-        assert sample(lines, gauge.format(QUOTE_BREAKER)) == 1.0
-        assert sample(lines, gauge.format(DAILY_BREAKER)) == 0.0
+        metrics = await scrape(api)
+        assert metrics.value(BREAKER_STATE, breaker=QUOTE_BREAKER) == 1.0
+        assert metrics.value(BREAKER_STATE, breaker=DAILY_BREAKER) == 0.0
 
         bulkheads = (await upstream(api))["bulkheads"]
         assert isinstance(bulkheads, list)

@@ -21,10 +21,23 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.simulator import FaultMode
-from tests.helpers import SimulatorControl, breaker_status, error_detail, retry_after, trip
+from tests.helpers import (
+    BREAKER_STATE,
+    HTTP_REQUESTS,
+    REJECTED_CALLS,
+    STATE_CHANGES,
+    THROTTLED_CALLS,
+    UPSTREAM_CALLS,
+    Scrape,
+    SimulatorControl,
+    breaker_status,
+    error_detail,
+    retry_after,
+    scrape,
+    trip,
+)
 from tests.servers import (
     ServerPool,
     Stack,
@@ -45,11 +58,6 @@ SECRETS = (API_KEY, ADMIN_TOKEN)  # the throttle messages upstream quote the key
 FAILURE_THRESHOLD = 5
 SUCCESS_THRESHOLD = 3
 
-UPSTREAM_CALLS = "stock_api_upstream_calls_total"
-STATE_CHANGES = "stock_api_circuit_breaker_state_changes_total"
-REJECTED_CALLS = "stock_api_circuit_breaker_rejected_calls_total"
-HTTP_REQUESTS = "stock_api_http_requests_total"
-BREAKER_STATE = "stock_api_circuit_breaker_state"
 STATE_VALUES = {"closed": 0.0, "open": 1.0, "half_open": 2.0}
 
 # Every setting spelled out, so that no case depends on a default changing.
@@ -104,26 +112,6 @@ def start_stack(servers: ServerPool) -> StartStack:
 
 
 # -- reading the service ----------------------------------------------------------------------
-
-SampleKey = tuple[str, frozenset[tuple[str, str]]]
-
-
-@dataclass(frozen=True)
-class Scrape:
-    samples: dict[SampleKey, float]
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.samples[(name, frozenset(labels.items()))]
-
-
-async def scrape(api: httpx.AsyncClient) -> Scrape:
-    response = await api.get("/metrics")
-    assert response.status_code == 200, response.text
-    samples: dict[SampleKey, float] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return Scrape(samples)
 
 
 def increments(
@@ -288,7 +276,7 @@ async def test_a_rate_limit_is_answered_503_and_never_charged_to_the_breaker(
         assert await sim.calls() == {DAILY: 1}
         assert upstream_calls(before, after) == {"rate_limited": 1}
         reason = "quota" if limit.quota_reason else "pacing"
-        throttled = increments(before, after, "stock_api_upstream_throttled_calls_total", "reason")
+        throttled = increments(before, after, THROTTLED_CALLS, "reason")
         assert throttled == {(reason,): FAILURE_THRESHOLD}
         await assert_breaker(api, "closed", failure_count=0)
         assert transitions(before, after) == {}

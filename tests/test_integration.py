@@ -23,7 +23,15 @@ import pytest
 
 from app.settings import Settings
 from app.simulator import FaultMode
-from tests.helpers import breaker_status, error_detail, retry_after, trip
+from tests.helpers import (
+    BREAKER_STATE,
+    THROTTLED_CALLS,
+    breaker_status,
+    error_detail,
+    retry_after,
+    scrape,
+    trip,
+)
 from tests.servers import (
     ROOT,
     ServerPool,
@@ -39,7 +47,6 @@ from tests.servers import (
 
 pytestmark = pytest.mark.integration
 
-BREAKER_METRIC = 'stock_api_circuit_breaker_state{breaker="alphavantage"}'
 DAILY = "TIME_SERIES_DAILY"
 FAILURE_THRESHOLD = 5
 SUCCESS_THRESHOLD = 3
@@ -78,29 +85,13 @@ def start_stack(servers: ServerPool) -> StartStack:
     return start
 
 
-# -- helpers --------------------------------------------------------------------------------
-
-
-async def breaker_metric(api: httpx.AsyncClient) -> str:
-    """The value of the breaker state gauge, as /metrics spells it."""
-    response = await api.get("/metrics")
-    assert response.status_code == 200, response.text
-    values = [
-        line.removeprefix(BREAKER_METRIC).strip()
-        for line in response.text.splitlines()
-        if line.startswith(BREAKER_METRIC + " ")
-    ]
-    assert len(values) == 1, response.text
-    return values[0]
-
-
 # -- the breaker over real sockets ----------------------------------------------------------
 
 
 async def test_breaker_opens_after_five_upstream_failures(start_stack: StartStack) -> None:
     stack = start_stack(**LONG_BREAKER_TIMEOUT)
     async with connect(stack) as (api, sim):
-        assert await breaker_metric(api) == "0.0"
+        assert (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage") == 0.0
 
         await trip(api, sim, FAILURE_THRESHOLD)
 
@@ -109,7 +100,7 @@ async def test_breaker_opens_after_five_upstream_failures(start_stack: StartStac
         assert status["state"] == "open"
         assert status["failure_count"] == FAILURE_THRESHOLD
         assert status["opened_at"] is not None
-        assert await breaker_metric(api) == "1.0"
+        assert (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage") == 1.0
 
 
 async def test_open_breaker_fails_fast_without_calling_upstream(start_stack: StartStack) -> None:
@@ -176,7 +167,7 @@ async def test_three_half_open_successes_close_the_breaker(start_stack: StartSta
         status = await breaker_status(api)
         assert status["state"] == "closed"
         assert status["failure_count"] == 0
-        assert await breaker_metric(api) == "0.0"
+        assert (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage") == 0.0
         assert await sim.calls() == {DAILY: SUCCESS_THRESHOLD}
 
 
@@ -260,9 +251,8 @@ async def test_a_burst_of_200_distinct_misses_is_paced_and_every_client_answered
         # Nobody queued past UPSTREAM_MAX_WAIT_SECONDS (plus the time to serve 200 requests).
         assert elapsed < defaults["upstream_max_wait_seconds"] + 3
 
-        metrics = (await api.get("/metrics")).text
-        throttled = 'stock_api_upstream_throttled_calls_total{reason="pacing"} '
-        assert f"{throttled}{200.0 - calls}" in metrics
+        metrics = await scrape(api)
+        assert metrics.value(THROTTLED_CALLS, reason="pacing") == 200.0 - calls
         quota = (await api.get("/upstream")).json()["quota"]
         assert (quota["used"], quota["remaining"]) == (
             calls,
