@@ -1,7 +1,7 @@
 """The HTTP contract, end to end: the app against the in-process Alpha Vantage simulator.
 
-Every response goes through `check_response` (a response hook on the clients used here), which
-fails the test if a body or header carries the API key, the admin token or a traceback.
+The `api` client and `serve` (tests/conftest.py) fail the test at any answer whose body or
+headers carry the API key, the admin token or a traceback.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import asyncio
 import datetime as dt
 import re
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from urllib.parse import quote
 
 import httpx
@@ -21,7 +19,7 @@ from fastapi import FastAPI
 from app.main import create_app
 from app.settings import Settings
 from app.simulator import FaultMode
-from tests.conftest import ADMIN_TOKEN, API_KEY, make_settings
+from tests.conftest import ADMIN, ADMIN_TOKEN, SECRETS, make_settings, serve
 from tests.helpers import (
     BREAKER_STATE,
     CACHE_REQUESTS,
@@ -39,7 +37,6 @@ from tests.helpers import (
     trip,
 )
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DAILY = "/stock/{}"
 QUOTE = "/stock/{}/quote"
 ENDPOINTS = pytest.mark.parametrize("endpoint", [DAILY, QUOTE], ids=["daily", "quote"])
@@ -91,24 +88,9 @@ ROUTE_LABELS = {
     "/metrics",
     "unmatched",
 }
-SECRETS = (API_KEY, ADMIN_TOKEN)
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def serve(
-    app: FastAPI, *, raise_app_exceptions: bool = True
-) -> AsyncIterator[httpx.AsyncClient]:
-    """A checked client of `app` with its lifespan entered (for apps built in a test)."""
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-    ):
-        check_every_response(client, SECRETS)
-        yield client
 
 
 def is_number(value: object) -> bool:
@@ -133,13 +115,6 @@ def assert_prices(prices: object, count: int) -> None:
         assert set(point) == PRICE_FIELDS
         assert all(is_number(point[key]) for key in ("open", "high", "low", "close"))
         assert type(point["volume"]) is int
-
-
-@pytest.fixture
-def api(client: httpx.AsyncClient) -> httpx.AsyncClient:
-    """conftest's client (app + simulator, lifespan entered), with every response checked."""
-    check_every_response(client, SECRETS)
-    return client
 
 
 # -- GET /stock/{symbol} -----------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from app.settings import Settings
 from app.simulator import FaultMode
-from tests.conftest import make_settings
+from tests.conftest import ADMIN, make_settings
 from tests.helpers import (
     BREAKER_STATE,
     THROTTLED_CALLS,
@@ -23,9 +23,6 @@ from tests.helpers import (
     scrape,
     trip,
 )
-from tests.test_api import ADMIN, api
-
-__all__ = ["api"]  # the fixture, imported for the tests below
 
 QUOTA_REMAINING = "stock_api_upstream_quota_remaining"
 QUOTA_LIMIT = "stock_api_upstream_quota_limit"
