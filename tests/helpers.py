@@ -7,12 +7,14 @@ real-socket ones (uvicorn subprocesses on 127.0.0.1, tests/servers.py).
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.simulator import FaultMode
@@ -62,6 +64,30 @@ def check_every_response(client: httpx.AsyncClient, secrets: Collection[str]) ->
     client.event_hooks["response"].append(check)
 
 
+# -- the stock routes ------------------------------------------------------------------------
+
+DAILY = "/stock/{}"
+QUOTE = "/stock/{}/quote"
+ENDPOINTS = pytest.mark.parametrize("endpoint", [DAILY, QUOTE], ids=["daily", "quote"])
+PRICE_FIELDS = {"date", "open", "high", "low", "close", "volume"}
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def assert_prices(prices: object, count: int) -> None:
+    """`count` daily prices, newest first, each with every field."""
+    assert isinstance(prices, list)
+    assert len(prices) == count
+    dates = [dt.date.fromisoformat(point["date"]) for point in prices]
+    assert dates == sorted(set(dates), reverse=True)  # newest first, no repeats
+    for point in prices:
+        assert set(point) == PRICE_FIELDS
+        assert all(is_number(point[key]) for key in ("open", "high", "low", "close"))
+        assert type(point["volume"]) is int
+
+
 # -- the breaker -----------------------------------------------------------------------------
 
 
@@ -84,6 +110,17 @@ async def trip(api: httpx.AsyncClient, sim: SimulatorControl, failures: int = 5)
     await sim.set_fault(FaultMode.DOWN)
     for _ in range(failures):
         error_detail(await api.get(f"/stock/TRIP{next(_trip_symbols)}"), 502)
+
+
+# -- the upstream limits ---------------------------------------------------------------------
+
+
+async def upstream_status(api: httpx.AsyncClient) -> dict[str, Any]:
+    """GET /upstream: the daily quota, the pacing bucket, the pause and the bulkheads."""
+    response = await api.get("/upstream")
+    assert response.status_code == 200, response.text
+    status: dict[str, Any] = response.json()
+    return status
 
 
 # -- /metrics --------------------------------------------------------------------------------

@@ -23,25 +23,26 @@ from tests.conftest import ADMIN, ADMIN_TOKEN, SECRETS, make_settings, serve
 from tests.helpers import (
     BREAKER_STATE,
     CACHE_REQUESTS,
+    DAILY,
+    ENDPOINTS,
     HTTP_REQUESTS,
+    QUOTE,
     REJECTED_CALLS,
     STATE_CHANGES,
     UPSTREAM_CALLS,
     SimulatorControl,
     assert_clean,
+    assert_prices,
     breaker_status,
     check_every_response,
     error_detail,
+    is_number,
     retry_after,
     scrape,
     trip,
 )
 
-DAILY = "/stock/{}"
-QUOTE = "/stock/{}/quote"
-ENDPOINTS = pytest.mark.parametrize("endpoint", [DAILY, QUOTE], ids=["daily", "quote"])
 HEX32 = re.compile(r"[0-9a-f]{32}")
-PRICE_FIELDS = {"date", "open", "high", "low", "close", "volume"}
 QUOTE_FIELDS = {
     "symbol",
     "price",
@@ -93,10 +94,6 @@ ROUTE_LABELS = {
 # -- helpers -------------------------------------------------------------------------------
 
 
-def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def utc_instant(value: object) -> dt.datetime:
     """An ISO 8601 string in UTC, close to now."""
     assert isinstance(value, str)
@@ -104,17 +101,6 @@ def utc_instant(value: object) -> dt.datetime:
     assert moment.utcoffset() == dt.timedelta(0)
     assert abs(moment - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
     return moment
-
-
-def assert_prices(prices: object, count: int) -> None:
-    assert isinstance(prices, list)
-    assert len(prices) == count
-    dates = [dt.date.fromisoformat(point["date"]) for point in prices]
-    assert dates == sorted(set(dates), reverse=True)  # newest first, no repeats
-    for point in prices:
-        assert set(point) == PRICE_FIELDS
-        assert all(is_number(point[key]) for key in ("open", "high", "low", "close"))
-        assert type(point["volume"]) is int
 
 
 # -- GET /stock/{symbol} -----------------------------------------------------------------

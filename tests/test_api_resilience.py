@@ -22,6 +22,7 @@ from tests.helpers import (
     retry_after,
     scrape,
     trip,
+    upstream_status,
 )
 
 QUOTA_REMAINING = "stock_api_upstream_quota_remaining"
@@ -37,13 +38,6 @@ def in_a_day(value: object) -> bool:
     moment = dt.datetime.fromisoformat(value)
     assert moment.utcoffset() == dt.timedelta(0)
     return dt.timedelta(hours=23, minutes=59) < moment - dt.datetime.now(dt.UTC) <= DAY
-
-
-async def upstream(api: httpx.AsyncClient) -> dict[str, object]:
-    response = await api.get("/upstream")
-    assert response.status_code == 200
-    body: dict[str, object] = response.json()
-    return body
 
 
 class TestPacing:
@@ -80,7 +74,7 @@ class TestPacing:
 
     async def test_upstream_shows_the_bucket(self, api: httpx.AsyncClient) -> None:
         await api.get("/stock/IBM")
-        status = await upstream(api)
+        status = await upstream_status(api)
         assert status["pacing"] == {"rate_per_second": 0.001, "burst": 1, "tokens": 0.0}
         assert status["max_wait_seconds"] == 0
 
@@ -106,7 +100,7 @@ class TestDailyQuota:
         metrics = await scrape(api)
         assert metrics.value(QUOTA_REMAINING) == 0.0
         assert metrics.value(THROTTLED_CALLS, reason="quota") == 1.0
-        quota = (await upstream(api))["quota"]
+        quota = (await upstream_status(api))["quota"]
         assert isinstance(quota, dict)
         assert (quota["limit"], quota["used"], quota["remaining"]) == (2, 2, 0)
         assert quota["window_seconds"] == 86400
@@ -123,7 +117,7 @@ class TestDailyQuota:
         assert "quota" in error_detail(response, 503)
         assert retry_after(response) > 86000
         assert await sim.total_calls() == 1  # it stopped asking
-        quota = (await upstream(api))["quota"]
+        quota = (await upstream_status(api))["quota"]
         assert isinstance(quota, dict)
         assert quota["remaining"] == 0
         assert in_a_day(quota["blocked_until"])
@@ -140,7 +134,7 @@ async def test_without_a_quota_a_per_day_answer_still_stops_calls_for_a_day(
     assert "paused" in error_detail(response, 503)
     assert retry_after(response) > 86000
     assert await sim.total_calls() == 1
-    status = await upstream(api)
+    status = await upstream_status(api)
     assert status["quota"] is None
     assert in_a_day(status["paused_until"])
     assert (await breaker_status(api))["state"] == "closed"
@@ -154,7 +148,7 @@ async def test_a_short_rate_limit_pauses_calls_for_its_period_only(
     response = await api.get("/stock/IBM")
     assert "rate limit" in error_detail(response, 503)
     assert retry_after(response) == seconds
-    status = await upstream(api)
+    status = await upstream_status(api)
     assert isinstance(status["paused_until"], str)
     paused_for = dt.datetime.fromisoformat(status["paused_until"]) - dt.datetime.now(dt.UTC)
     assert dt.timedelta(0) < paused_for <= dt.timedelta(seconds=seconds)
@@ -163,7 +157,7 @@ async def test_a_short_rate_limit_pauses_calls_for_its_period_only(
 
 
 async def test_limits_off_show_as_null_and_export_no_quota(api: httpx.AsyncClient) -> None:
-    status = await upstream(api)
+    status = await upstream_status(api)
     assert status["quota"] is None
     assert status["pacing"] is None
     assert status["bulkheads"] == [{"name": "alphavantage", "max_concurrency": 4, "in_flight": 0}]
@@ -184,7 +178,7 @@ class TestBulkhead:
         slow = asyncio.create_task(api.get("/stock/IBM"))
         busy = [{"name": "alphavantage", "max_concurrency": 1, "in_flight": 1}]
         for _ in range(200):  # until the slow call holds the one slot
-            if (await upstream(api))["bulkheads"] == busy:
+            if (await upstream_status(api))["bulkheads"] == busy:
                 break
             await asyncio.sleep(0.01)
         else:
@@ -219,7 +213,7 @@ class TestFunctionScope:
         assert metrics.value(BREAKER_STATE, breaker=QUOTE_BREAKER) == 1.0
         assert metrics.value(BREAKER_STATE, breaker=DAILY_BREAKER) == 0.0
 
-        bulkheads = (await upstream(api))["bulkheads"]
+        bulkheads = (await upstream_status(api))["bulkheads"]
         assert isinstance(bulkheads, list)
         assert [b["name"] for b in bulkheads] == [DAILY_BREAKER, QUOTE_BREAKER]
 

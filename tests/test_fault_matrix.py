@@ -37,6 +37,7 @@ from tests.helpers import (
     retry_after,
     scrape,
     trip,
+    upstream_status,
 )
 from tests.servers import (
     ServerPool,
@@ -298,7 +299,7 @@ async def test_with_a_free_keys_limits_a_burst_answer_costs_a_second_and_a_daily
         response = await api.get(f"/stock/{symbol('AFTERBURST')}")
         assert response.status_code == 200, response.text
         assert await sim.calls() == {DAILY: 2}
-        quota = (await api.get("/upstream")).json()["quota"]
+        quota = (await upstream_status(api))["quota"]
         assert (quota["used"], quota["remaining"], quota["blocked_until"]) == (2, 23, None)
 
         await sim.set_fault(FaultMode.RATE_LIMITED)
@@ -312,7 +313,7 @@ async def test_with_a_free_keys_limits_a_burst_answer_costs_a_second_and_a_daily
             response = await api.get(f"/stock/{symbol('AFTERDAILY')}")
             assert "quota" in error_detail(response, 503)
         assert await sim.calls() == {DAILY: 3}
-        quota = (await api.get("/upstream")).json()["quota"]
+        quota = (await upstream_status(api))["quota"]
         assert quota["remaining"] == 0
         assert quota["blocked_until"] is not None
         await assert_breaker(api, "closed", failure_count=0)

@@ -31,6 +31,7 @@ from tests.helpers import (
     retry_after,
     scrape,
     trip,
+    upstream_status,
 )
 from tests.servers import (
     ROOT,
@@ -253,7 +254,7 @@ async def test_a_burst_of_200_distinct_misses_is_paced_and_every_client_answered
 
         metrics = await scrape(api)
         assert metrics.value(THROTTLED_CALLS, reason="pacing") == 200.0 - calls
-        quota = (await api.get("/upstream")).json()["quota"]
+        quota = (await upstream_status(api))["quota"]
         assert (quota["used"], quota["remaining"]) == (
             calls,
             defaults["upstream_daily_quota"] - calls,
