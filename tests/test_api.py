@@ -7,7 +7,6 @@ headers carry the API key, the admin token or a traceback.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import re
 import time
 
@@ -17,7 +16,7 @@ from fastapi import FastAPI
 
 from app.settings import Settings
 from app.simulator import FaultMode
-from tests.conftest import ADMIN, ADMIN_TOKEN, SECRETS, make_settings, serve
+from tests.conftest import ADMIN, SECRETS, make_settings, serve
 from tests.helpers import (
     BREAKER_STATE,
     CACHE_REQUESTS,
@@ -40,40 +39,6 @@ from tests.helpers import (
 )
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
-QUOTE_FIELDS = {
-    "symbol",
-    "price",
-    "open",
-    "high",
-    "low",
-    "volume",
-    "latest_trading_day",
-    "previous_close",
-    "change",
-    "change_percent",
-    "source",
-}
-BREAKER_FIELDS = {
-    "name",
-    "state",
-    "failure_count",
-    "success_count",
-    "failure_threshold",
-    "success_threshold",
-    "timeout_seconds",
-    "half_open_max_calls",
-    "last_failure_time",
-    "opened_at",
-    "retry_after_seconds",
-    "forced_open",
-    "mode",
-    "open_timeout_seconds",
-    "reopens",
-    "window_calls",
-    "failure_rate",
-    "slow_call_rate",
-    "breakers",
-}
 ROUTE_LABELS = {
     "/stock/{symbol}",
     "/stock/{symbol}/quote",
@@ -86,18 +51,6 @@ ROUTE_LABELS = {
     "/metrics",
     "unmatched",
 }
-
-
-# -- helpers -------------------------------------------------------------------------------
-
-
-def utc_instant(value: object) -> dt.datetime:
-    """An ISO 8601 string in UTC, close to now."""
-    assert isinstance(value, str)
-    moment = dt.datetime.fromisoformat(value)
-    assert moment.utcoffset() == dt.timedelta(0)
-    assert abs(moment - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
-    return moment
 
 
 # -- GET /stock/{symbol} -----------------------------------------------------------------
@@ -287,132 +240,6 @@ class TestUpstreamTimeout:
         assert (await breaker_status(api))["failure_count"] == 1
 
 
-# -- circuit breaker -----------------------------------------------------------------------
-
-
-class TestCircuitBreaker:
-    async def test_status_when_closed(self, api: httpx.AsyncClient) -> None:
-        status = await breaker_status(api)
-        assert set(status) == BREAKER_FIELDS
-        assert status["name"] == "alphavantage"
-        assert status["state"] == "closed"
-        assert status["failure_count"] == 0
-        assert status["success_count"] == 0
-        assert status["failure_threshold"] == 5
-        assert status["success_threshold"] == 3
-        assert status["timeout_seconds"] == 30.0
-        assert status["half_open_max_calls"] == 1
-        assert status["last_failure_time"] is None
-        assert status["opened_at"] is None
-        assert status["retry_after_seconds"] == 0
-
-    async def test_five_failures_open_it_and_the_sixth_is_rejected_without_upstream_call(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        await trip(api, sim)
-        assert await sim.total_calls() == 5
-        response = await api.get("/stock/SIXTH")
-        detail = error_detail(response, 503)
-        assert "circuit breaker" in detail
-        assert 1 <= retry_after(response) <= 30
-        assert await sim.total_calls() == 5
-        quote_response = await api.get("/stock/SIXTH/quote")
-        error_detail(quote_response, 503)
-        retry_after(quote_response)
-        assert await sim.total_calls() == 5
-
-    async def test_status_when_open(self, api: httpx.AsyncClient, sim: SimulatorControl) -> None:
-        await trip(api, sim)
-        status = await breaker_status(api)
-        assert status["state"] == "open"
-        assert status["failure_count"] == 5
-        assert utc_instant(status["opened_at"]) >= utc_instant(status["last_failure_time"])
-        assert 0 < status["retry_after_seconds"] <= 30
-
-    async def test_success_clears_the_failure_count(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        await sim.set_fault(FaultMode.HTTP_500)
-        for n in range(4):
-            error_detail(await api.get(f"/stock/FAIL{n}"), 502)
-        assert (await breaker_status(api))["failure_count"] == 4
-        utc_instant((await breaker_status(api))["last_failure_time"])
-        await sim.set_fault(FaultMode.HEALTHY)
-        assert (await api.get("/stock/IBM")).status_code == 200
-        assert (await breaker_status(api))["failure_count"] == 0
-        await sim.set_fault(FaultMode.HTTP_500)
-        error_detail(await api.get("/stock/FAIL9"), 502)
-        assert (await breaker_status(api))["state"] == "closed"
-
-
-class TestBreakerTimeout:
-    """A breaker that opens for 50 ms: these tests wait it out on purpose."""
-
-    @pytest.fixture
-    def settings(self) -> Settings:
-        return make_settings(breaker_timeout_seconds=0.05)
-
-    async def test_half_open_after_the_timeout_and_closed_after_three_successes(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        await trip(api, sim)
-        await asyncio.sleep(0.1)
-        assert (await breaker_status(api))["state"] == "half_open"
-        await sim.set_fault(FaultMode.HEALTHY)
-        for symbol in ("ONE", "TWO", "THREE"):
-            assert (await api.get(f"/stock/{symbol}")).status_code == 200
-        status = await breaker_status(api)
-        assert status["state"] == "closed"
-        assert status["opened_at"] is None
-
-    async def test_state_gauge_reads_half_open_without_traffic(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        await trip(api, sim)
-        metrics = await scrape(api)
-        assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 1.0
-        await asyncio.sleep(0.1)
-        metrics = await scrape(api)
-        assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 2.0
-        assert (
-            metrics.value(
-                STATE_CHANGES, breaker="alphavantage", from_state="closed", to_state="open"
-            )
-            == 1.0
-        )
-        assert (
-            metrics.value(
-                STATE_CHANGES, breaker="alphavantage", from_state="open", to_state="half_open"
-            )
-            == 1.0
-        )
-
-    async def test_forced_open_outlasts_the_timeout(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
-        await asyncio.sleep(0.1)
-        assert (await breaker_status(api))["state"] == "open"
-        error_detail(await api.get("/stock/IBM"), 503)
-        assert (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage") == 1.0
-        assert await sim.total_calls() == 0
-
-
-class TestSubSecondBreakerTimeout:
-    @pytest.fixture
-    def settings(self) -> Settings:
-        return make_settings(breaker_timeout_seconds=0.5)
-
-    async def test_retry_after_is_rounded_up_to_one_second(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        await trip(api, sim)
-        response = await api.get("/stock/SIXTH")
-        error_detail(response, 503)
-        assert response.headers["retry-after"] == "1"
-        assert 0 < (await breaker_status(api))["retry_after_seconds"] <= 0.5
-
-
 # -- stale serving -------------------------------------------------------------------------
 
 
@@ -512,81 +339,6 @@ class TestCoalescing:
         responses = await asyncio.gather(*(api.get(f"/stock/{s}") for s in symbols))
         assert [response.json()["symbol"] for response in responses] == symbols
         assert await sim.total_calls() == 5
-
-
-# -- admin -----------------------------------------------------------------------------
-
-
-class TestAdmin:
-    @pytest.mark.parametrize(
-        "headers",
-        [
-            {},
-            {"Authorization": "Bearer wrong"},
-            {"Authorization": "Bearer "},
-            {"Authorization": ADMIN_TOKEN},
-            {"Authorization": f"Basic {ADMIN_TOKEN}"},
-            {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
-            {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}"},
-        ],
-        ids=["none", "wrong", "empty", "no-scheme", "basic", "longer", "shorter"],
-    )
-    @pytest.mark.parametrize("action", ["open", "reset"])
-    async def test_without_the_token_is_401(
-        self, api: httpx.AsyncClient, action: str, headers: dict[str, str]
-    ) -> None:
-        response = await api.post(f"/circuit-breaker/{action}", headers=headers)
-        error_detail(response, 401)
-        assert response.headers["www-authenticate"] == "Bearer"
-        assert (await breaker_status(api))["state"] == "closed"
-
-    async def test_open_answers_the_snapshot_and_stays_open(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        response = await api.post("/circuit-breaker/open", headers=ADMIN)
-        assert response.status_code == 200
-        status = response.json()
-        assert set(status) == BREAKER_FIELDS
-        assert status["state"] == "open"
-        utc_instant(status["opened_at"])
-        assert status["retry_after_seconds"] > 0
-        assert (await breaker_status(api))["state"] == "open"
-        rejected = await api.get("/stock/IBM")
-        error_detail(rejected, 503)
-        retry_after(rejected)
-        assert await sim.total_calls() == 0
-
-    async def test_reset_closes_it(self, api: httpx.AsyncClient, sim: SimulatorControl) -> None:
-        await trip(api, sim)
-        await sim.set_fault(FaultMode.HEALTHY)
-        response = await api.post("/circuit-breaker/reset", headers=ADMIN)
-        assert response.status_code == 200
-        status = response.json()
-        assert status["state"] == "closed"
-        assert status["failure_count"] == 0
-        assert status["opened_at"] is None
-        assert status["last_failure_time"] is None
-        assert (await api.get("/stock/IBM")).status_code == 200
-
-    async def test_reset_after_force_open_closes_it(self, api: httpx.AsyncClient) -> None:
-        assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
-        assert (await api.post("/circuit-breaker/reset", headers=ADMIN)).json()["state"] == "closed"
-        assert (await api.get("/stock/IBM")).status_code == 200
-
-
-class TestAdminDisabled:
-    @pytest.fixture
-    def settings(self) -> Settings:
-        return make_settings(admin_token=None)
-
-    @pytest.mark.parametrize("headers", [{}, ADMIN], ids=["anonymous", "bearer"])
-    @pytest.mark.parametrize("action", ["open", "reset"])
-    async def test_admin_endpoints_are_404(
-        self, api: httpx.AsyncClient, action: str, headers: dict[str, str]
-    ) -> None:
-        response = await api.post(f"/circuit-breaker/{action}", headers=headers)
-        assert error_detail(response, 404) == "Not Found"
-        assert (await breaker_status(api))["state"] == "closed"
 
 
 # -- health ----------------------------------------------------------------------------

@@ -1,6 +1,5 @@
-"""Pacing, the daily quota, the bulkhead, per-function breakers and the adaptive breaker,
-through the HTTP API against the in-process simulator (tests/test_limits.py and
-tests/test_breaker.py test the policies themselves on a fake clock)."""
+"""Pacing, the daily quota and the bulkhead, through the HTTP API against the in-process
+simulator (tests/test_limits.py tests the policies themselves on a fake clock)."""
 
 from __future__ import annotations
 
@@ -12,23 +11,19 @@ import pytest
 
 from app.settings import Settings
 from app.simulator import FaultMode
-from tests.conftest import ADMIN, make_settings
+from tests.conftest import make_settings
 from tests.helpers import (
-    BREAKER_STATE,
     THROTTLED_CALLS,
     SimulatorControl,
     breaker_status,
     error_detail,
     retry_after,
     scrape,
-    trip,
     upstream_status,
 )
 
 QUOTA_REMAINING = "stock_api_upstream_quota_remaining"
 QUOTA_LIMIT = "stock_api_upstream_quota_limit"
-DAILY_BREAKER = "alphavantage_time_series_daily"
-QUOTE_BREAKER = "alphavantage_global_quote"
 DAY = dt.timedelta(days=1)
 
 
@@ -189,123 +184,3 @@ class TestBulkhead:
         assert (await slow).status_code == 200
         assert await sim.total_calls() == 1
         assert (await scrape(api)).value(THROTTLED_CALLS, reason="bulkhead") == 1.0
-
-
-class TestFunctionScope:
-    @pytest.fixture
-    def settings(self) -> Settings:
-        return make_settings(breaker_scope="function")
-
-    async def test_a_failing_function_opens_only_its_own_breaker(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        await sim.set_fault(FaultMode.DOWN, function="GLOBAL_QUOTE")
-        for n in range(5):
-            error_detail(await api.get(f"/stock/FAIL{n}/quote"), 502)
-        error_detail(await api.get("/stock/IBM/quote"), 503)  # its breaker is open
-        assert (await api.get("/stock/IBM")).status_code == 200  # the daily series is not
-
-        status = await breaker_status(api)
-        assert (status["name"], status["state"]) == (QUOTE_BREAKER, "open")  # the worst one
-        states = {b["name"]: b["state"] for b in status["breakers"]}
-        assert states == {DAILY_BREAKER: "closed", QUOTE_BREAKER: "open"}
-        metrics = await scrape(api)
-        assert metrics.value(BREAKER_STATE, breaker=QUOTE_BREAKER) == 1.0
-        assert metrics.value(BREAKER_STATE, breaker=DAILY_BREAKER) == 0.0
-
-        bulkheads = (await upstream_status(api))["bulkheads"]
-        assert isinstance(bulkheads, list)
-        assert [b["name"] for b in bulkheads] == [DAILY_BREAKER, QUOTE_BREAKER]
-
-    async def test_admin_actions_can_name_one_breaker(self, api: httpx.AsyncClient) -> None:
-        response = await api.post(f"/circuit-breaker/open?breaker={DAILY_BREAKER}", headers=ADMIN)
-        assert response.status_code == 200
-        states = {b["name"]: b["state"] for b in response.json()["breakers"]}
-        assert states == {DAILY_BREAKER: "open", QUOTE_BREAKER: "closed"}
-        assert (await api.get("/stock/IBM/quote")).status_code == 200
-        error_detail(await api.get("/stock/IBM"), 503)
-
-        response = await api.post("/circuit-breaker/reset?breaker=nope", headers=ADMIN)
-        assert "alphavantage_global_quote" in error_detail(response, 404)
-        response = await api.post("/circuit-breaker/reset", headers=ADMIN)  # every breaker
-        assert {b["state"] for b in response.json()["breakers"]} == {"closed"}
-
-
-async def test_the_shared_scope_lists_its_one_breaker(api: httpx.AsyncClient) -> None:
-    status = await breaker_status(api)
-    [only] = status["breakers"]
-    assert only == {key: value for key, value in status.items() if key != "breakers"}
-
-
-class TestFailureRateMode:
-    """Opens when half of the last 4 calls failed, once there are 4."""
-
-    @pytest.fixture
-    def settings(self) -> Settings:
-        return make_settings(
-            breaker_mode="failure_rate",
-            breaker_failure_rate_threshold=0.5,
-            breaker_minimum_calls=4,
-            breaker_window_size=4,
-        )
-
-    async def test_it_opens_on_the_rate_not_a_run(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        for symbol in ("IBM", "MSFT"):
-            assert (await api.get(f"/stock/{symbol}")).status_code == 200
-        await sim.set_fault(FaultMode.HTTP_500)
-        error_detail(await api.get("/stock/FAIL1"), 502)
-        status = await breaker_status(api)
-        assert (status["mode"], status["state"], status["window_calls"]) == (
-            "failure_rate",
-            "closed",
-            3,
-        )
-        assert status["failure_rate"] == pytest.approx(1 / 3)
-        error_detail(await api.get("/stock/FAIL2"), 502)  # 2 of 4: open
-        status = await breaker_status(api)
-        assert status["state"] == "open"
-        response = await api.get("/stock/FAIL3")
-        assert "circuit breaker" in error_detail(response, 503)
-        assert await sim.total_calls() == 4
-
-    async def test_unknown_symbols_are_not_failures(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        for n in range(6):
-            error_detail(await api.get(f"/stock/ZZ{n}"), 404)
-        status = await breaker_status(api)
-        assert (status["state"], status["window_calls"]) == ("closed", 0)
-
-
-class TestBackoff:
-    """Open for 50 ms at first; a failed probe re-opens it for 50 ms * 100 = 5 s."""
-
-    @pytest.fixture
-    def settings(self) -> Settings:
-        return make_settings(
-            breaker_timeout_seconds=0.05,
-            breaker_backoff_multiplier=100,
-            breaker_backoff_jitter=0,
-        )
-
-    async def test_a_failed_probe_re_opens_for_longer_and_retry_after_says_so(
-        self, api: httpx.AsyncClient, sim: SimulatorControl
-    ) -> None:
-        await trip(api, sim)
-        assert (await breaker_status(api))["open_timeout_seconds"] == 0.05
-        await asyncio.sleep(0.1)  # past the first opening: half-open
-        error_detail(await api.get("/stock/PROBE"), 502)
-        status = await breaker_status(api)
-        assert (status["state"], status["reopens"]) == ("open", 1)
-        assert status["open_timeout_seconds"] == 5
-        assert 4 < status["retry_after_seconds"] <= 5
-        response = await api.get("/stock/LATER")
-        error_detail(response, 503)
-        assert retry_after(response) == 5
-
-        reset = await api.post("/circuit-breaker/reset", headers=ADMIN)
-        assert reset.json()["reopens"] == 0
-        await trip(api, sim)  # closing forgot the backoff: the first opening again
-        assert (await breaker_status(api))["open_timeout_seconds"] == 0.05
