@@ -1,4 +1,5 @@
-"""Pacing, the daily quota and the bulkhead, through the HTTP API against the in-process
+"""Pacing, the daily quota, the pause after a rate limit and the bulkhead, as the stock routes
+answer them and GET /upstream (app/routes/upstream.py) shows them, against the in-process
 simulator (tests/test_limits.py tests the policies themselves on a fake clock)."""
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def in_a_day(value: object) -> bool:
     moment = dt.datetime.fromisoformat(value)
     assert moment.utcoffset() == dt.timedelta(0)
     return dt.timedelta(hours=23, minutes=59) < moment - dt.datetime.now(dt.UTC) <= DAY
+
+
+# -- pacing ----------------------------------------------------------------------------------------
 
 
 class TestPacing:
@@ -72,6 +76,9 @@ class TestPacing:
         status = await upstream_status(api)
         assert status["pacing"] == {"rate_per_second": 0.001, "burst": 1, "tokens": 0.0}
         assert status["max_wait_seconds"] == 0
+
+
+# -- the daily quota and rate limits ---------------------------------------------------------------
 
 
 class TestDailyQuota:
@@ -159,6 +166,9 @@ async def test_limits_off_show_as_null_and_export_no_quota(api: httpx.AsyncClien
     metrics = await scrape(api)
     assert "stock_api_upstream_quota" not in metrics.text
     assert metrics.value("stock_api_upstream_max_concurrency", bulkhead="alphavantage") == 4.0
+
+
+# -- the bulkhead ----------------------------------------------------------------------------------
 
 
 class TestBulkhead:
