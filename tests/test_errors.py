@@ -1,8 +1,6 @@
-"""The HTTP contract, end to end: the app against the in-process Alpha Vantage simulator.
-
-The `api` client and `serve` (tests/conftest.py) fail the test at any answer whose body or
-headers carry the API key, the admin token or a traceback.
-"""
+"""Every error answer: unknown symbols, each way Alpha Vantage fails, timeouts, unknown routes
+and methods, each as its status and `{"detail"}` (app/errors.py, and the handlers in
+app/main.py); and no answer of any kind shows the API key."""
 
 from __future__ import annotations
 
@@ -28,7 +26,7 @@ from tests.helpers import (
     scrape,
 )
 
-# -- unknown symbols ---------------------------------------------------------------------
+# -- unknown symbols -------------------------------------------------------------------------------
 
 
 class TestUnknownSymbol:
@@ -73,7 +71,7 @@ class TestUnknownSymbol:
             assert metrics.value(UPSTREAM_CALLS, function=function, outcome="success") == 0.0
 
 
-# -- upstream faults -----------------------------------------------------------------------
+# -- upstream faults -------------------------------------------------------------------------------
 
 
 class TestUpstreamFaults:
@@ -141,7 +139,7 @@ class TestUpstreamTimeout:
         assert (await breaker_status(api))["failure_count"] == 1
 
 
-# -- errors ----------------------------------------------------------------------------
+# -- unknown routes and methods --------------------------------------------------------------------
 
 
 class TestErrors:
@@ -175,7 +173,7 @@ class TestErrors:
         assert (await breaker_status(api))["state"] == "closed"
 
 
-# -- secrets ---------------------------------------------------------------------------
+# -- secrets ---------------------------------------------------------------------------------------
 
 
 async def test_the_api_key_never_leaves_the_service(
