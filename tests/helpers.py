@@ -149,6 +149,10 @@ class Scrape:
         assert series in self.samples, f"no sample {name} {labels} in:\n{self.text}"
         return self.samples[series]
 
+    def state_changes(self, from_state: str, to_state: str, breaker: str = "alphavantage") -> float:
+        """How many times `breaker` went from `from_state` to `to_state`."""
+        return self.value(STATE_CHANGES, breaker=breaker, from_state=from_state, to_state=to_state)
+
     def label_values(self, label: str | None = None) -> set[str]:
         """Every value that `label` (any label, without one) takes in a sample."""
         return {

@@ -16,7 +16,6 @@ from app.simulator import FaultMode
 from tests.conftest import ADMIN, ADMIN_TOKEN, make_settings
 from tests.helpers import (
     BREAKER_STATE,
-    STATE_CHANGES,
     SimulatorControl,
     breaker_status,
     error_detail,
@@ -147,18 +146,8 @@ class TestBreakerTimeout:
         await asyncio.sleep(0.1)
         metrics = await scrape(api)
         assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 2.0
-        assert (
-            metrics.value(
-                STATE_CHANGES, breaker="alphavantage", from_state="closed", to_state="open"
-            )
-            == 1.0
-        )
-        assert (
-            metrics.value(
-                STATE_CHANGES, breaker="alphavantage", from_state="open", to_state="half_open"
-            )
-            == 1.0
-        )
+        assert metrics.state_changes("closed", "open") == 1.0
+        assert metrics.state_changes("open", "half_open") == 1.0
 
     async def test_forced_open_outlasts_the_timeout(
         self, api: httpx.AsyncClient, sim: SimulatorControl

@@ -10,7 +10,6 @@ from tests.helpers import (
     BREAKER_STATE,
     CACHE_REQUESTS,
     REJECTED_CALLS,
-    STATE_CHANGES,
     UPSTREAM_CALLS,
     SimulatorControl,
     check_every_response,
@@ -60,10 +59,7 @@ class TestMetrics:
         assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 0.0
         assert metrics.value(REJECTED_CALLS, breaker="alphavantage") == 0.0
         for old, new in [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]:
-            assert (
-                metrics.value(STATE_CHANGES, breaker="alphavantage", from_state=old, to_state=new)
-                == 0.0
-            )
+            assert metrics.state_changes(old, new) == 0.0
         for function in ("TIME_SERIES_DAILY", "GLOBAL_QUOTE"):
             for outcome in ("success", "timeout", "rate_limited", "unknown_symbol"):
                 assert metrics.value(UPSTREAM_CALLS, function=function, outcome=outcome) == 0.0
@@ -75,21 +71,11 @@ class TestMetrics:
         await api.post("/circuit-breaker/open", headers=ADMIN)
         metrics = await scrape(api)
         assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 1.0
-        assert (
-            metrics.value(
-                STATE_CHANGES, breaker="alphavantage", from_state="closed", to_state="open"
-            )
-            == 1.0
-        )
+        assert metrics.state_changes("closed", "open") == 1.0
         await api.post("/circuit-breaker/reset", headers=ADMIN)
         metrics = await scrape(api)
         assert metrics.value(BREAKER_STATE, breaker="alphavantage") == 0.0
-        assert (
-            metrics.value(
-                STATE_CHANGES, breaker="alphavantage", from_state="open", to_state="closed"
-            )
-            == 1.0
-        )
+        assert metrics.state_changes("open", "closed") == 1.0
 
     async def test_a_trip_counts_one_state_change_and_each_rejection(
         self, api: httpx.AsyncClient, sim: SimulatorControl
@@ -98,12 +84,7 @@ class TestMetrics:
         for _ in range(3):
             await api.get("/stock/REJECTED")
         metrics = await scrape(api)
-        assert (
-            metrics.value(
-                STATE_CHANGES, breaker="alphavantage", from_state="closed", to_state="open"
-            )
-            == 1.0
-        )
+        assert metrics.state_changes("closed", "open") == 1.0
         assert metrics.value(REJECTED_CALLS, breaker="alphavantage") == 3.0
         assert (
             metrics.value(UPSTREAM_CALLS, function="TIME_SERIES_DAILY", outcome="bad_response")
