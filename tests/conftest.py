@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ from starlette.applications import Starlette
 from app.main import create_app
 from app.settings import SIMULATOR_DEFAULTS, Settings
 from app.simulator import create_simulator
+from tests.helpers import SimulatorControl, check_every_response
 from tests.servers import ServerPool
 
 
@@ -44,6 +46,8 @@ def prometheus_tool(name: str) -> str:
 
 API_KEY = "test-key-5d1c0a"
 ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+SECRETS = (API_KEY, ADMIN_TOKEN)  # what no answer may show
 
 
 def make_settings(**overrides: object) -> Settings:
@@ -87,12 +91,33 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def faults(simulator: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the simulator itself, to break and heal it: `await faults.post(...)`."""
+def api(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """`client`, failing the test at any answer that shows one of SECRETS or a traceback."""
+    check_every_response(client, SECRETS)
+    return client
+
+
+@asynccontextmanager
+async def serve(
+    app: FastAPI, *, raise_app_exceptions: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`api` for an app built in a test: a checked client of `app`, its lifespan entered."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        check_every_response(client, SECRETS)
+        yield client
+
+
+@pytest.fixture
+async def sim(simulator: Starlette) -> AsyncIterator[SimulatorControl]:
+    """The in-process simulator's control, to break and heal it and count its calls."""
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=simulator), base_url="http://simulator"
     ) as c:
-        yield c
+        yield SimulatorControl(c)
 
 
 @pytest.fixture

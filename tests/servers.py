@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Protocol
 import httpx
 
 from app.settings import SIMULATOR_DEFAULTS, Settings
-from app.simulator import FaultMode
+from tests.helpers import SimulatorControl, check_every_response
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -293,35 +293,17 @@ class StartStack(Protocol):
     def __call__(self, **settings: str) -> Stack: ...
 
 
-class SimulatorControl:
-    """Switches the simulator's faults and reads its call counters."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
-
-    async def set_fault(self, mode: FaultMode, delay_seconds: float = 2.0) -> None:
-        payload = {"mode": mode.value, "delay_seconds": delay_seconds}
-        response = await self._client.post("/_faults", json=payload)
-        assert response.status_code == 200, response.text
-
-    async def reset_stats(self) -> None:
-        response = await self._client.post("/_stats/reset")
-        assert response.status_code == 200, response.text
-
-    async def calls(self) -> dict[str, int]:
-        response = await self._client.get("/_stats")
-        assert response.status_code == 200, response.text
-        calls: dict[str, int] = response.json()["calls"]
-        return calls
-
-
 @asynccontextmanager
-async def connect(stack: Stack) -> AsyncIterator[tuple[httpx.AsyncClient, SimulatorControl]]:
-    """A client of the service and a control of the simulator, both closed on exit."""
+async def connect(
+    stack: Stack, secrets: Collection[str] = ()
+) -> AsyncIterator[tuple[httpx.AsyncClient, SimulatorControl]]:
+    """A client of the service and a control of the simulator, both closed on exit. The client
+    fails the test at any answer that shows one of `secrets` or a traceback."""
     async with (
         async_http_client(stack.service.url) as api,
         async_http_client(stack.simulator.url) as sim,
     ):
+        check_every_response(api, secrets)
         yield api, SimulatorControl(sim)
 
 

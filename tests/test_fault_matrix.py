@@ -18,16 +18,29 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.simulator import FaultMode
+from tests.helpers import (
+    BREAKER_STATE,
+    HTTP_REQUESTS,
+    REJECTED_CALLS,
+    STATE_CHANGES,
+    THROTTLED_CALLS,
+    UPSTREAM_CALLS,
+    Scrape,
+    SimulatorControl,
+    breaker_status,
+    error_detail,
+    retry_after,
+    scrape,
+    trip,
+    upstream_status,
+)
 from tests.servers import (
     ServerPool,
-    SimulatorControl,
     Stack,
     StartStack,
     async_http_client,
@@ -42,14 +55,10 @@ DAILY = "TIME_SERIES_DAILY"
 STOCK_ROUTE = "/stock/{symbol}"
 API_KEY = "FAULTMATRIX-KEY-93c1"
 ADMIN_TOKEN = "fault-matrix-admin"
+SECRETS = (API_KEY, ADMIN_TOKEN)  # the throttle messages upstream quote the key
 FAILURE_THRESHOLD = 5
 SUCCESS_THRESHOLD = 3
 
-UPSTREAM_CALLS = "stock_api_upstream_calls_total"
-STATE_CHANGES = "stock_api_circuit_breaker_state_changes_total"
-REJECTED_CALLS = "stock_api_circuit_breaker_rejected_calls_total"
-HTTP_REQUESTS = "stock_api_http_requests_total"
-BREAKER_STATE = "stock_api_circuit_breaker_state"
 STATE_VALUES = {"closed": 0.0, "open": 1.0, "half_open": 2.0}
 
 # Every setting spelled out, so that no case depends on a default changing.
@@ -105,26 +114,6 @@ def start_stack(servers: ServerPool) -> StartStack:
 
 # -- reading the service ----------------------------------------------------------------------
 
-SampleKey = tuple[str, frozenset[tuple[str, str]]]
-
-
-@dataclass(frozen=True)
-class Scrape:
-    samples: dict[SampleKey, float]
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.samples[(name, frozenset(labels.items()))]
-
-
-async def scrape(api: httpx.AsyncClient) -> Scrape:
-    response = await api.get("/metrics")
-    assert response.status_code == 200, response.text
-    samples: dict[SampleKey, float] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return Scrape(samples)
-
 
 def increments(
     before: Scrape, after: Scrape, name: str, *labels: str
@@ -162,17 +151,10 @@ def stock_answers(before: Scrape, after: Scrape) -> dict[str, float]:
     return {status: n for (route, method, status), n in grown.items() if route == STOCK_ROUTE}
 
 
-async def breaker(api: httpx.AsyncClient) -> dict[str, Any]:
-    response = await api.get("/circuit-breaker")
-    assert response.status_code == 200, response.text
-    status: dict[str, Any] = response.json()
-    return status
-
-
 async def assert_breaker(
     api: httpx.AsyncClient, state: str, failure_count: int, success_count: int = 0
 ) -> None:
-    status = await breaker(api)
+    status = await breaker_status(api)
     observed = (status["state"], status["failure_count"], status["success_count"])
     assert observed == (state, failure_count, success_count), status
     gauge = (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage")
@@ -188,7 +170,7 @@ async def reset_breaker(api: httpx.AsyncClient) -> None:
 async def wait_for_state(api: httpx.AsyncClient, state: str, within: float = 3.0) -> None:
     """Poll /circuit-breaker (reading it commits a due OPEN -> HALF_OPEN) until `state`."""
     deadline = time.monotonic() + within
-    while (current := (await breaker(api))["state"]) != state:
+    while (current := (await breaker_status(api))["state"]) != state:
         assert time.monotonic() < deadline, f"still {current} after {within:g} s, not {state}"
         await asyncio.sleep(0.05)
 
@@ -199,24 +181,6 @@ async def wait_for_calls(sim: SimulatorControl, expected: dict[str, int], within
     while (calls := await sim.calls()) != expected:
         assert time.monotonic() < deadline, f"the simulator counted {calls}, not {expected}"
         await asyncio.sleep(0.02)
-
-
-def detail_of(response: httpx.Response) -> str:
-    body = response.json()
-    assert list(body) == ["detail"], body
-    detail = body["detail"]
-    assert isinstance(detail, str)
-    assert API_KEY not in response.text  # the throttle messages quote the key
-    return detail
-
-
-async def trip(api: httpx.AsyncClient, sim: SimulatorControl) -> None:
-    """FAILURE_THRESHOLD consecutive 502s from the `down` simulator: the breaker opens."""
-    await sim.set_fault(FaultMode.DOWN)
-    for _ in range(FAILURE_THRESHOLD):
-        response = await api.get(f"/stock/{symbol('TRIP')}")
-        assert response.status_code == 502, response.text
-    assert (await breaker(api))["state"] == "open"
 
 
 # -- one failing call per fault -----------------------------------------------------------------
@@ -249,7 +213,7 @@ FAULTS = [
 async def test_a_failing_call_is_answered_counted_and_charged_to_the_breaker(
     shared: Stack, fault: Fault
 ) -> None:
-    async with connect(shared) as (api, sim):
+    async with connect(shared, SECRETS) as (api, sim):
         await reset_breaker(api)
         await sim.set_fault(fault.mode)
         await sim.reset_stats()
@@ -257,8 +221,7 @@ async def test_a_failing_call_is_answered_counted_and_charged_to_the_breaker(
 
         response = await api.get(f"/stock/{symbol(fault.mode.value.replace('_', '').upper())}")
 
-        assert response.status_code == fault.status, response.text
-        assert fault.detail in detail_of(response)
+        assert fault.detail in error_detail(response, fault.status)
         assert response.headers.get("Retry-After") == fault.retry_after
         assert await sim.calls() == {DAILY: 1}
         await assert_breaker(api, "closed", failure_count=1)
@@ -297,25 +260,24 @@ async def test_a_rate_limit_is_answered_503_and_never_charged_to_the_breaker(
     held-back misses are refused at once (no wait allowed) rather than sent when it ends."""
     settings = BASE_SETTINGS | {"UPSTREAM_MAX_WAIT_SECONDS": "0"}
     service = servers.start_service(shared.simulator, settings)
-    async with connect(Stack(shared.simulator, service)) as (api, sim):
+    async with connect(Stack(shared.simulator, service), SECRETS) as (api, sim):
         await sim.set_fault(limit.mode)
         await sim.reset_stats()
         before = await scrape(api)
 
         response = await api.get(f"/stock/{symbol('LIMIT')}")
-        assert response.status_code == 503, response.text
-        assert limit.detail in detail_of(response)
-        assert limit.retry_after - 5 <= int(response.headers["Retry-After"]) <= limit.retry_after
+        assert limit.detail in error_detail(response, 503)
+        assert limit.retry_after - 5 <= retry_after(response) <= limit.retry_after
         for _ in range(FAILURE_THRESHOLD):
             response = await api.get(f"/stock/{symbol('HELD')}")
             assert response.status_code == 503, response.text
-            assert 1 <= int(response.headers["Retry-After"]) <= limit.retry_after
+            assert 1 <= retry_after(response) <= limit.retry_after
         after = await scrape(api)
 
         assert await sim.calls() == {DAILY: 1}
         assert upstream_calls(before, after) == {"rate_limited": 1}
         reason = "quota" if limit.quota_reason else "pacing"
-        throttled = increments(before, after, "stock_api_upstream_throttled_calls_total", "reason")
+        throttled = increments(before, after, THROTTLED_CALLS, "reason")
         assert throttled == {(reason,): FAILURE_THRESHOLD}
         await assert_breaker(api, "closed", failure_count=0)
         assert transitions(before, after) == {}
@@ -327,7 +289,7 @@ async def test_with_a_free_keys_limits_a_burst_answer_costs_a_second_and_a_daily
     """The real key's defaults (25 a day, 1 a second). The burst answer mentions the daily
     limit in passing: it must not stop the service for a day; the daily answer must."""
     stack = start_stack(UPSTREAM_DAILY_QUOTA="25", UPSTREAM_RATE_PER_SECOND="1")
-    async with connect(stack) as (api, sim):
+    async with connect(stack, SECRETS) as (api, sim):
         await sim.set_fault(FaultMode.BURST_LIMITED)
         response = await api.get(f"/stock/{symbol('BURST')}")
         assert response.status_code == 503, response.text
@@ -337,7 +299,7 @@ async def test_with_a_free_keys_limits_a_burst_answer_costs_a_second_and_a_daily
         response = await api.get(f"/stock/{symbol('AFTERBURST')}")
         assert response.status_code == 200, response.text
         assert await sim.calls() == {DAILY: 2}
-        quota = (await api.get("/upstream")).json()["quota"]
+        quota = (await upstream_status(api))["quota"]
         assert (quota["used"], quota["remaining"], quota["blocked_until"]) == (2, 23, None)
 
         await sim.set_fault(FaultMode.RATE_LIMITED)
@@ -345,21 +307,20 @@ async def test_with_a_free_keys_limits_a_burst_answer_costs_a_second_and_a_daily
         response = await api.get(f"/stock/{symbol('DAILY')}")
         assert response.status_code == 503, response.text
         # Blocked until the first counted call leaves the rolling day.
-        assert 86000 <= int(response.headers["Retry-After"]) <= 86400
+        assert 86000 <= retry_after(response) <= 86400
         await sim.set_fault(FaultMode.HEALTHY)
         for _ in range(3):
             response = await api.get(f"/stock/{symbol('AFTERDAILY')}")
-            assert response.status_code == 503, response.text
-            assert "quota" in detail_of(response)
+            assert "quota" in error_detail(response, 503)
         assert await sim.calls() == {DAILY: 3}
-        quota = (await api.get("/upstream")).json()["quota"]
+        quota = (await upstream_status(api))["quota"]
         assert quota["remaining"] == 0
         assert quota["blocked_until"] is not None
         await assert_breaker(api, "closed", failure_count=0)
 
 
 async def test_slow_within_the_timeout_succeeds(shared: Stack) -> None:
-    async with connect(shared) as (api, sim):
+    async with connect(shared, SECRETS) as (api, sim):
         await reset_breaker(api)
         await sim.set_fault(FaultMode.SLOW, delay_seconds=0.2)
         await sim.reset_stats()
@@ -380,7 +341,7 @@ async def test_slow_within_the_timeout_succeeds(shared: Stack) -> None:
 
 async def test_flapping_upstream_never_opens_the_breaker(shared: Stack) -> None:
     """Failures alternate with successes: each success resets the consecutive count."""
-    async with connect(shared) as (api, sim):
+    async with connect(shared, SECRETS) as (api, sim):
         await reset_breaker(api)
         await sim.set_fault(FaultMode.FLAPPING)  # restarts the alternation at a good answer
         await sim.reset_stats()
@@ -390,7 +351,7 @@ async def test_flapping_upstream_never_opens_the_breaker(shared: Stack) -> None:
         for _ in range(20):
             response = await api.get(f"/stock/{symbol('FLAP')}")
             statuses.append(response.status_code)
-            status = await breaker(api)
+            status = await breaker_status(api)
             assert status["state"] == "closed", status
             assert status["failure_count"] <= 1, status
 
@@ -413,24 +374,22 @@ async def test_connection_refused_is_unavailable_and_five_open_the_breaker(
         shared.simulator,
         BASE_SETTINGS | {"ALPHAVANTAGE_BASE_URL": f"http://127.0.0.1:{closed_port}/query"},
     )
-    async with connect(Stack(shared.simulator, service)) as (api, sim):
+    async with connect(Stack(shared.simulator, service), SECRETS) as (api, sim):
         await sim.set_fault(FaultMode.HEALTHY)
         await sim.reset_stats()
         before = await scrape(api)
 
         for number in range(1, FAILURE_THRESHOLD + 1):
             response = await api.get(f"/stock/{symbol('REFUSED')}")
-            assert response.status_code == 502, response.text
-            assert detail_of(response) == "could not reach Alpha Vantage (ConnectError)"
+            assert error_detail(response, 502) == "could not reach Alpha Vantage (ConnectError)"
             assert "Retry-After" not in response.headers
             if number < FAILURE_THRESHOLD:
                 await assert_breaker(api, "closed", failure_count=number)
         await assert_breaker(api, "open", failure_count=FAILURE_THRESHOLD)
 
         rejected = await api.get(f"/stock/{symbol('REFUSED')}")
-        assert rejected.status_code == 503, rejected.text
-        assert "circuit breaker is open" in detail_of(rejected)
-        assert 1 <= int(rejected.headers["Retry-After"]) <= 30
+        assert "circuit breaker is open" in error_detail(rejected, 503)
+        assert 1 <= retry_after(rejected) <= 30
 
         assert await sim.calls() == {}  # the service was pointed away from the simulator
         after = await scrape(api)
@@ -442,15 +401,14 @@ async def test_connection_refused_is_unavailable_and_five_open_the_breaker(
 
 async def test_slow_beyond_the_timeout_is_504(start_stack: StartStack) -> None:
     stack = start_stack(UPSTREAM_TIMEOUT_SECONDS="0.5")
-    async with connect(stack) as (api, sim):
+    async with connect(stack, SECRETS) as (api, sim):
         await sim.set_fault(FaultMode.SLOW, delay_seconds=1.5)
         await sim.reset_stats()
         before = await scrape(api)
 
         answer = await timed_get(api, f"/stock/{symbol('SLOWFAIL')}")
 
-        assert answer.response.status_code == 504, answer.response.text
-        assert detail_of(answer.response) == "Alpha Vantage did not answer within 0.5 s"
+        assert error_detail(answer.response, 504) == "Alpha Vantage did not answer within 0.5 s"
         assert "Retry-After" not in answer.response.headers
         assert 0.5 <= answer.seconds < 1.5, f"answered after {answer.seconds:.3f} s"
         assert await sim.calls() == {DAILY: 1}
@@ -462,14 +420,13 @@ async def test_slow_beyond_the_timeout_is_504(start_stack: StartStack) -> None:
 
 async def test_body_limit_is_configurable(start_stack: StartStack) -> None:
     stack = start_stack(UPSTREAM_MAX_BODY_BYTES="1000")
-    async with connect(stack) as (api, sim):
+    async with connect(stack, SECRETS) as (api, sim):
         await sim.reset_stats()
         before = await scrape(api)
 
         response = await api.get(f"/stock/{symbol('BIG')}")  # a healthy answer of ~10 kB
 
-        assert response.status_code == 502, response.text
-        assert detail_of(response) == "Alpha Vantage sent a body over 1000 bytes"
+        assert error_detail(response, 502) == "Alpha Vantage sent a body over 1000 bytes"
         assert await sim.calls() == {DAILY: 1}
         await assert_breaker(api, "closed", failure_count=1)
         after = await scrape(api)
@@ -481,9 +438,10 @@ async def test_outage_heals_while_two_half_open_probes_are_in_flight(
 ) -> None:
     slow = 0.8
     stack = start_stack(BREAKER_TIMEOUT_SECONDS="1", BREAKER_HALF_OPEN_MAX_CALLS="2")
-    async with connect(stack) as (api, sim):
+    async with connect(stack, SECRETS) as (api, sim):
         before = await scrape(api)
-        await trip(api, sim)
+        await trip(api, sim, FAILURE_THRESHOLD)
+        assert (await breaker_status(api))["state"] == "open"
         await sim.set_fault(FaultMode.SLOW, delay_seconds=slow)  # healthy again, but slow
         await wait_for_state(api, "half_open")
         await sim.reset_stats()
@@ -499,8 +457,7 @@ async def test_outage_heals_while_two_half_open_probes_are_in_flight(
 
         assert await sim.calls() == {DAILY: 2}
         for other in others:
-            assert other.response.status_code == 503, other.response.text
-            assert "circuit breaker is half_open" in detail_of(other.response)
+            assert "circuit breaker is half_open" in error_detail(other.response, 503)
             assert other.response.headers["Retry-After"] == "1"
             assert other.seconds < slow, f"a rejection took {other.seconds:.3f} s"
         for answer in answers:
@@ -536,9 +493,10 @@ async def test_client_disconnect_during_a_probe_does_not_wedge_the_breaker(
     stack = start_stack(
         BREAKER_TIMEOUT_SECONDS="1", BREAKER_HALF_OPEN_MAX_CALLS="1", UPSTREAM_TIMEOUT_SECONDS="5"
     )
-    async with connect(stack) as (api, sim):
+    async with connect(stack, SECRETS) as (api, sim):
         before = await scrape(api)
-        await trip(api, sim)
+        await trip(api, sim, FAILURE_THRESHOLD)
+        assert (await breaker_status(api))["state"] == "open"
         await sim.set_fault(FaultMode.SLOW, delay_seconds=slow)
         await wait_for_state(api, "half_open")
         await sim.reset_stats()
@@ -561,8 +519,7 @@ async def test_client_disconnect_during_a_probe_does_not_wedge_the_breaker(
             statuses[response.status_code] += 1
             if response.status_code == 200:
                 break
-            assert response.status_code == 503, response.text
-            assert "circuit breaker is half_open" in detail_of(response)
+            assert "circuit breaker is half_open" in error_detail(response, 503)
             assert time.monotonic() - disconnected < 5.0, "the probe slot was never freed"
             await asyncio.sleep(0.1)
         admitted = time.monotonic() - started

@@ -17,17 +17,25 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from app.settings import Settings
 from app.simulator import FaultMode
+from tests.helpers import (
+    BREAKER_STATE,
+    THROTTLED_CALLS,
+    breaker_status,
+    error_detail,
+    retry_after,
+    scrape,
+    trip,
+    upstream_status,
+)
 from tests.servers import (
     ROOT,
     ServerPool,
-    SimulatorControl,
     Stack,
     StartStack,
     connect,
@@ -40,7 +48,6 @@ from tests.servers import (
 
 pytestmark = pytest.mark.integration
 
-BREAKER_METRIC = 'stock_api_circuit_breaker_state{breaker="alphavantage"}'
 DAILY = "TIME_SERIES_DAILY"
 FAILURE_THRESHOLD = 5
 SUCCESS_THRESHOLD = 3
@@ -79,73 +86,34 @@ def start_stack(servers: ServerPool) -> StartStack:
     return start
 
 
-# -- helpers --------------------------------------------------------------------------------
-
-
-async def trip_breaker(api: httpx.AsyncClient, sim: SimulatorControl) -> None:
-    """Take the simulator down and send FAILURE_THRESHOLD requests for distinct uncached
-    symbols: each answers 502 and the last one opens the breaker."""
-    await sim.set_fault(FaultMode.DOWN)
-    for number in range(1, FAILURE_THRESHOLD + 1):
-        response = await api.get(f"/stock/TRIP{number}")
-        assert response.status_code == 502, response.text
-
-
-async def breaker_status(api: httpx.AsyncClient) -> dict[str, Any]:
-    response = await api.get("/circuit-breaker")
-    assert response.status_code == 200, response.text
-    status: dict[str, Any] = response.json()
-    return status
-
-
-async def breaker_metric(api: httpx.AsyncClient) -> str:
-    """The value of the breaker state gauge, as /metrics spells it."""
-    response = await api.get("/metrics")
-    assert response.status_code == 200, response.text
-    values = [
-        line.removeprefix(BREAKER_METRIC).strip()
-        for line in response.text.splitlines()
-        if line.startswith(BREAKER_METRIC + " ")
-    ]
-    assert len(values) == 1, response.text
-    return values[0]
-
-
-def retry_after_seconds(response: httpx.Response) -> int:
-    value = response.headers.get("Retry-After", "")
-    assert value.isdigit(), f"Retry-After is not an integer number of seconds: {value!r}"
-    return int(value)
-
-
 # -- the breaker over real sockets ----------------------------------------------------------
 
 
 async def test_breaker_opens_after_five_upstream_failures(start_stack: StartStack) -> None:
     stack = start_stack(**LONG_BREAKER_TIMEOUT)
     async with connect(stack) as (api, sim):
-        assert await breaker_metric(api) == "0.0"
+        assert (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage") == 0.0
 
-        await trip_breaker(api, sim)
+        await trip(api, sim, FAILURE_THRESHOLD)
 
         assert await sim.calls() == {DAILY: FAILURE_THRESHOLD}
         status = await breaker_status(api)
         assert status["state"] == "open"
         assert status["failure_count"] == FAILURE_THRESHOLD
         assert status["opened_at"] is not None
-        assert await breaker_metric(api) == "1.0"
+        assert (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage") == 1.0
 
 
 async def test_open_breaker_fails_fast_without_calling_upstream(start_stack: StartStack) -> None:
     stack = start_stack(**LONG_BREAKER_TIMEOUT)
     async with connect(stack) as (api, sim):
-        await trip_breaker(api, sim)
+        await trip(api, sim, FAILURE_THRESHOLD)
         await sim.reset_stats()
 
         for number in range(1, 21):
             response = await api.get(f"/stock/FAST{number}")
-            assert response.status_code == 503, response.text
-            assert 1 <= retry_after_seconds(response) <= 30
-            assert "circuit breaker is open" in response.json()["detail"]
+            assert "circuit breaker is open" in error_detail(response, 503)
+            assert 1 <= retry_after(response) <= 30
 
         assert await sim.calls() == {}
         assert (await breaker_status(api))["state"] == "open"
@@ -156,7 +124,7 @@ async def test_half_open_admits_one_probe_among_30_concurrent_requests(
 ) -> None:
     stack = start_stack()
     async with connect(stack) as (api, sim):
-        await trip_breaker(api, sim)
+        await trip(api, sim, FAILURE_THRESHOLD)
         await sim.set_fault(FaultMode.SLOW, delay_seconds=SLOW_DELAY)
         await asyncio.sleep(SHORT_BREAKER_TIMEOUT + 0.1)  # the open timeout runs out
         await sim.reset_stats()
@@ -176,7 +144,7 @@ async def test_half_open_admits_one_probe_among_30_concurrent_requests(
         slowest = max(answer.seconds for answer in rejected)
         assert slowest < SLOW_DELAY, f"a rejection took {slowest:.3f} s"
         for answer in rejected:
-            assert retry_after_seconds(answer.response) >= 1
+            assert retry_after(answer.response) >= 1
         status = await breaker_status(api)
         assert (status["state"], status["success_count"]) == ("half_open", 1)
 
@@ -184,7 +152,7 @@ async def test_half_open_admits_one_probe_among_30_concurrent_requests(
 async def test_three_half_open_successes_close_the_breaker(start_stack: StartStack) -> None:
     stack = start_stack()
     async with connect(stack) as (api, sim):
-        await trip_breaker(api, sim)
+        await trip(api, sim, FAILURE_THRESHOLD)
         await sim.set_fault(FaultMode.HEALTHY)
         await asyncio.sleep(SHORT_BREAKER_TIMEOUT + 0.1)
         await sim.reset_stats()
@@ -200,7 +168,7 @@ async def test_three_half_open_successes_close_the_breaker(start_stack: StartSta
         status = await breaker_status(api)
         assert status["state"] == "closed"
         assert status["failure_count"] == 0
-        assert await breaker_metric(api) == "0.0"
+        assert (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage") == 0.0
         assert await sim.calls() == {DAILY: SUCCESS_THRESHOLD}
 
 
@@ -279,15 +247,14 @@ async def test_a_burst_of_200_distinct_misses_is_paced_and_every_client_answered
         assert statuses == {200: calls, 503: 200 - calls}
         for response in responses:
             if response.status_code == 503:
-                assert "paced" in response.json()["detail"]
-                assert retry_after_seconds(response) >= 1
+                assert "paced" in error_detail(response, 503)
+                assert retry_after(response) >= 1
         # Nobody queued past UPSTREAM_MAX_WAIT_SECONDS (plus the time to serve 200 requests).
         assert elapsed < defaults["upstream_max_wait_seconds"] + 3
 
-        metrics = (await api.get("/metrics")).text
-        throttled = 'stock_api_upstream_throttled_calls_total{reason="pacing"} '
-        assert f"{throttled}{200.0 - calls}" in metrics
-        quota = (await api.get("/upstream")).json()["quota"]
+        metrics = await scrape(api)
+        assert metrics.value(THROTTLED_CALLS, reason="pacing") == 200.0 - calls
+        quota = (await upstream_status(api))["quota"]
         assert (quota["used"], quota["remaining"]) == (
             calls,
             defaults["upstream_daily_quota"] - calls,

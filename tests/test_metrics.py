@@ -7,9 +7,9 @@ import subprocess
 import httpx
 from fastapi import FastAPI
 
+from app.simulator import FaultMode
 from tests.conftest import prometheus_tool
-
-STATE_SERIES = "stock_api_circuit_breaker_state"
+from tests.helpers import BREAKER_STATE, SimulatorControl, scrape
 
 
 def promtool_check_metrics(exposition: bytes) -> subprocess.CompletedProcess[bytes]:
@@ -22,12 +22,12 @@ def promtool_check_metrics(exposition: bytes) -> subprocess.CompletedProcess[byt
 
 
 async def test_exposition_passes_promtool_check_metrics(
-    client: httpx.AsyncClient, faults: httpx.AsyncClient
+    client: httpx.AsyncClient, sim: SimulatorControl
 ) -> None:
     await client.get("/stock/IBM")
     await client.get("/stock/IBM/quote")
     await client.get("/stock/ZZZZ")
-    await faults.post("/_faults", json={"mode": "down"})
+    await sim.set_fault(FaultMode.DOWN)
     for symbol in ("A", "B", "C", "D", "E", "F"):
         await client.get(f"/stock/{symbol}")
     response = await client.get("/metrics")
@@ -52,7 +52,9 @@ async def test_a_second_lifespan_of_the_same_app_exports_one_state_series(
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
         ):
-            exposition = (await c.get("/metrics")).text
-    states = [line for line in exposition.splitlines() if line.startswith(STATE_SERIES + "{")]
-    assert states == [f'{STATE_SERIES}{{breaker="alphavantage"}} 0.0']
-    assert promtool_check_metrics(exposition.encode()).returncode == 0
+            metrics = await scrape(c)  # which fails at a sample exported twice
+    states = {
+        labels: value for (name, labels), value in metrics.samples.items() if name == BREAKER_STATE
+    }
+    assert states == {frozenset({("breaker", "alphavantage")}): 0.0}
+    assert promtool_check_metrics(metrics.text.encode()).returncode == 0

@@ -9,9 +9,10 @@ are shortened. All three processes are stopped at teardown, whatever happens.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ import yaml
 
 from app.simulator import FaultMode
 from tests.conftest import prometheus_tool
+from tests.helpers import SimulatorControl, breaker_status, trip
 from tests.servers import (
     HOST,
     PORT_ATTEMPTS,
@@ -29,8 +31,8 @@ from tests.servers import (
     ServerPool,
     ServerProcess,
     ServerStartError,
+    async_http_client,
     free_port,
-    http_client,
     server_environment,
     wait_until_ready,
 )
@@ -176,131 +178,129 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 class PrometheusAPI:
-    def __init__(self, client: httpx.Client) -> None:
+    def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
 
-    def _get(self, path: str, **params: str) -> Any:
-        response = self._client.get(path, params=params)
+    async def _get(self, path: str, **params: str) -> Any:
+        response = await self._client.get(path, params=params)
         assert response.status_code == 200, f"GET {path}: {response.text}"
         body: dict[str, Any] = response.json()
         assert body["status"] == "success", body
         return body["data"]
 
-    def query(self, promql: str) -> list[str]:
+    async def query(self, promql: str) -> list[str]:
         """The values of an instant query's samples, as Prometheus spells them."""
-        data = self._get("/api/v1/query", query=promql)
+        data = await self._get("/api/v1/query", query=promql)
         assert data["resultType"] == "vector", data
         return [sample["value"][1] for sample in data["result"]]
 
-    def alerts(self) -> list[dict[str, Any]]:
+    async def alerts(self) -> list[dict[str, Any]]:
         """Pending and firing alerts."""
-        alerts: list[dict[str, Any]] = self._get("/api/v1/alerts")["alerts"]
+        alerts: list[dict[str, Any]] = (await self._get("/api/v1/alerts"))["alerts"]
         return alerts
 
-    def alerting_rules(self) -> list[dict[str, Any]]:
-        groups = self._get("/api/v1/rules", type="alert")["groups"]
+    async def active(self, name: str, **labels: str) -> list[dict[str, Any]]:
+        """The pending and firing alerts named `name` that carry `labels`."""
+        return [
+            alert
+            for alert in await self.alerts()
+            if alert["labels"].get("alertname") == name
+            and all(alert["labels"].get(key) == value for key, value in labels.items())
+            and alert["state"] in ("pending", "firing")
+        ]
+
+    async def alerting_rules(self) -> list[dict[str, Any]]:
+        groups = (await self._get("/api/v1/rules", type="alert"))["groups"]
         return [rule for group in groups for rule in group["rules"]]
 
 
-def wait_for(
+async def wait_for(
     what: str,
-    observe: Callable[[], T],
+    observe: Callable[[], Awaitable[T]],
     satisfied: Callable[[T], bool],
-    timeout: float = DEADLINE_SECONDS,
+    within: float = DEADLINE_SECONDS,
 ) -> T:
-    """Poll `observe()` until `satisfied` by what it returns; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll `observe()` until `satisfied` by what it returns; fail after `within` seconds."""
+    deadline = time.monotonic() + within
     while True:
-        observed = observe()
+        observed = await observe()
         if satisfied(observed):
             return observed
         if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s; last seen: {observed!r}")
-        time.sleep(0.2)
-
-
-def active(alerts: list[dict[str, Any]], name: str, **labels: str) -> list[dict[str, Any]]:
-    return [
-        alert
-        for alert in alerts
-        if alert["labels"].get("alertname") == name
-        and all(alert["labels"].get(key) == value for key, value in labels.items())
-        and alert["state"] in ("pending", "firing")
-    ]
+            raise AssertionError(f"{what}: not within {within:g} s; last seen: {observed!r}")
+        await asyncio.sleep(0.2)
 
 
 # -- the test -------------------------------------------------------------------------------
 
 
-def test_prometheus_sees_the_breaker_open_and_close_and_alerts(stack: Stack) -> None:
-    with (
-        http_client(stack.service.url) as api,
-        http_client(stack.simulator.url) as simulator,
-        http_client(stack.prometheus.url) as prometheus_client,
+async def test_prometheus_sees_the_breaker_open_and_close_and_alerts(stack: Stack) -> None:
+    async with (
+        async_http_client(stack.service.url) as api,
+        async_http_client(stack.simulator.url) as simulator,
+        async_http_client(stack.prometheus.url) as prometheus_client,
     ):
+        sim = SimulatorControl(simulator)
         prometheus = PrometheusAPI(prometheus_client)
 
         # Prometheus loaded every alert of alerts.yml, with the shortened `for`.
-        rules = prometheus.alerting_rules()
+        rules = await prometheus.alerting_rules()
         assert sorted(rule["name"] for rule in rules) == sorted(alert_names())
         assert all(rule["duration"] == SHORT_FOR_SECONDS for rule in rules), rules
         assert all(rule["health"] != "err" for rule in rules), rules
 
         # It scrapes the service, and sees the breaker closed.
-        wait_for(
+        await wait_for(
             "Prometheus scrapes the service",
             lambda: prometheus.query(f'up{{job="{JOB}"}}'),
             lambda values: values == ["1"],
         )
-        assert prometheus.query(STATE_GAUGE) == ["0"]
-        assert not active(prometheus.alerts(), "CircuitBreakerStuckOpen")
+        assert await prometheus.query(STATE_GAUGE) == ["0"]
+        assert not await prometheus.active("CircuitBreakerStuckOpen")
 
         # Alpha Vantage goes down: five failed calls open the breaker.
-        response = simulator.post("/_faults", json={"mode": FaultMode.DOWN.value})
-        assert response.status_code == 200, response.text
-        for number in range(1, FAILURE_THRESHOLD + 1):
-            response = api.get(f"/stock/E2EDOWN{number}")
-            assert response.status_code == 502, response.text
-        assert api.get("/circuit-breaker").json()["state"] == "open"
+        await trip(api, sim, FAILURE_THRESHOLD)
+        assert (await breaker_status(api))["state"] == "open"
 
-        wait_for(
+        await wait_for(
             "Prometheus sees the breaker open",
             lambda: prometheus.query(STATE_GAUGE),
             lambda values: values == ["1"],
         )
-        stuck = wait_for(
-            "CircuitBreakerStuckOpen is pending or firing",
-            lambda: active(prometheus.alerts(), "CircuitBreakerStuckOpen", breaker=BREAKER),
-            lambda alerts: len(alerts) == 1,
+        stuck = (
+            await wait_for(
+                "CircuitBreakerStuckOpen is pending or firing",
+                lambda: prometheus.active("CircuitBreakerStuckOpen", breaker=BREAKER),
+                lambda alerts: len(alerts) == 1,
+            )
         )[0]
         assert stuck["labels"]["severity"] == "critical"
         assert stuck["annotations"]["runbook_url"].endswith("#circuitbreakerstuckopen")
         assert f"Circuit breaker {BREAKER} has been open" in stuck["annotations"]["description"]
         # Every call failed: the error ratio alert sees it too, by function.
-        wait_for(
+        await wait_for(
             "UpstreamErrorRatioHigh is pending or firing for the daily series",
-            lambda: active(prometheus.alerts(), "UpstreamErrorRatioHigh", function=DAILY),
+            lambda: prometheus.active("UpstreamErrorRatioHigh", function=DAILY),
             lambda alerts: len(alerts) == 1,
         )
 
         # Alpha Vantage comes back and an operator resets the breaker.
-        response = simulator.post("/_faults", json={"mode": FaultMode.HEALTHY.value})
-        assert response.status_code == 200, response.text
-        response = api.post(
+        await sim.set_fault(FaultMode.HEALTHY)
+        response = await api.post(
             "/circuit-breaker/reset", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
         )
         assert response.status_code == 200, response.text
         assert response.json()["state"] == "closed"
-        response = api.get("/stock/E2EHEALED")
+        response = await api.get("/stock/E2EHEALED")
         assert response.status_code == 200, response.text
 
-        wait_for(
+        await wait_for(
             "Prometheus sees the breaker closed again",
             lambda: prometheus.query(STATE_GAUGE),
             lambda values: values == ["0"],
         )
-        wait_for(
+        await wait_for(
             "CircuitBreakerStuckOpen resolves",
-            lambda: active(prometheus.alerts(), "CircuitBreakerStuckOpen"),
+            lambda: prometheus.active("CircuitBreakerStuckOpen"),
             lambda alerts: not alerts,
         )

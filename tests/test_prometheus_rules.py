@@ -19,10 +19,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import Settings
+from app.simulator import FaultMode
 from tests.conftest import make_settings, prometheus_tool
+from tests.helpers import SimulatorControl, scrape
 from tests.servers import ROOT
 
 CONFIG = "prometheus/prometheus.yml"
@@ -330,20 +331,18 @@ def settings() -> Settings:
 
 
 async def test_alerts_select_only_metrics_and_labels_the_service_exports(
-    client: httpx.AsyncClient, faults: httpx.AsyncClient
+    client: httpx.AsyncClient, sim: SimulatorControl
 ) -> None:
     # Traffic that makes every kind of series exist: successes, upstream failures, 5xx answers.
     assert (await client.get("/stock/IBM")).status_code == 200
     assert (await client.get("/stock/IBM/quote")).status_code == 200
-    await faults.post("/_faults", json={"mode": "down"})
+    await sim.set_fault(FaultMode.DOWN)
     assert (await client.get("/stock/DOWN")).status_code == 502
-    response = await client.get("/metrics")
-    assert response.status_code == 200
+    metrics = await scrape(client)
 
     series: dict[str, list[dict[str, str]]] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            series.setdefault(sample.name, []).append(dict(sample.labels))
+    for name, labels in metrics.samples:
+        series.setdefault(name, []).append(dict(labels))
 
     for alert in load_alerts():
         expression = parse_expression(alert.expr)

@@ -1,7 +1,10 @@
-"""StockService on its own: no app, no Prometheus registry; its events go to a recorder."""
+"""The stock service (app/service.py): through the API against the in-process simulator (the
+cache, stale copies while Alpha Vantage fails, coalescing of concurrent misses), and on its
+own, with no app and no Prometheus registry (its events go to a recorder)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -17,10 +20,174 @@ from app.errors import Throttled, is_upstream_failure
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.models import DailySeries, Quote
 from app.service import Lane, ServiceEvents, StockService
+from app.settings import Settings
 from app.shared_cache import SharedCache
-from app.simulator import create_simulator
+from app.simulator import FaultMode, create_simulator
 from app.state import MemoryState
-from tests.conftest import FakeClock
+from tests.conftest import ADMIN, FakeClock, make_settings
+from tests.helpers import (
+    CACHE_REQUESTS,
+    DAILY,
+    ENDPOINTS,
+    REJECTED_CALLS,
+    SimulatorControl,
+    assert_prices,
+    breaker_status,
+    error_detail,
+    retry_after,
+    scrape,
+    trip,
+)
+
+# -- cache -----------------------------------------------------------------------------------------
+
+
+class TestCache:
+    @ENDPOINTS
+    async def test_second_request_is_served_from_cache(
+        self, api: httpx.AsyncClient, sim: SimulatorControl, endpoint: str
+    ) -> None:
+        first = await api.get(endpoint.format("IBM"))
+        second = await api.get(endpoint.format("IBM"))
+        assert first.json()["source"] == "upstream"
+        assert second.json()["source"] == "cache"
+        assert {**first.json(), "source": "cache"} == second.json()
+        assert await sim.total_calls() == 1
+
+    async def test_any_days_is_served_from_one_cached_series(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        five = (await api.get("/stock/IBM", params={"days": 5})).json()
+        hundred = (await api.get("/stock/IBM", params={"days": 100})).json()
+        one = (await api.get("/stock/IBM", params={"days": 1})).json()
+        assert [five["source"], hundred["source"], one["source"]] == ["upstream", "cache", "cache"]
+        assert_prices(hundred["prices"], 100)
+        assert hundred["prices"][:5] == five["prices"]
+        assert hundred["prices"][:1] == one["prices"]
+        assert await sim.total_calls() == 1
+
+    async def test_daily_and_quote_are_cached_apart(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        assert (await api.get("/stock/IBM")).json()["source"] == "upstream"
+        quote_response = await api.get("/stock/IBM/quote")
+        assert quote_response.status_code == 200
+        assert quote_response.json()["source"] == "upstream"
+        assert await sim.calls() == {"TIME_SERIES_DAILY": 1, "GLOBAL_QUOTE": 1}
+
+    async def test_failures_are_not_cached(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        await sim.set_fault(FaultMode.HTTP_500)
+        error_detail(await api.get("/stock/IBM"), 502)
+        await sim.set_fault(FaultMode.HEALTHY)
+        response = await api.get("/stock/IBM")
+        assert response.status_code == 200
+        assert response.json()["source"] == "upstream"
+
+
+# -- stale serving ---------------------------------------------------------------------------------
+
+
+class TestStaleServing:
+    """Every cache entry is expired at once (TTL 0) but kept an hour for degraded serving."""
+
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(cache_ttl_seconds=0, cache_stale_seconds=3600)
+
+    async def test_expired_copy_is_refetched_while_upstream_is_healthy(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        assert (await api.get("/stock/IBM")).json()["source"] == "upstream"
+        assert (await api.get("/stock/IBM")).json()["source"] == "upstream"
+        assert await sim.total_calls() == 2
+
+    @pytest.mark.parametrize(
+        "mode", ["http_500", "down", "bad_json", "rate_limited", "invalid_key", "premium"]
+    )
+    @ENDPOINTS
+    async def test_expired_copy_is_served_stale_when_upstream_fails(
+        self, api: httpx.AsyncClient, sim: SimulatorControl, endpoint: str, mode: str
+    ) -> None:
+        fresh = (await api.get(endpoint.format("IBM"))).json()
+        assert fresh["source"] == "upstream"
+        await sim.set_fault(FaultMode(mode))
+        response = await api.get(endpoint.format("IBM"))
+        assert response.status_code == 200, response.text
+        assert response.json() == {**fresh, "source": "stale"}
+        assert await sim.total_calls() == 2  # it did try upstream first
+        function = "TIME_SERIES_DAILY" if endpoint == DAILY else "GLOBAL_QUOTE"
+        assert (await scrape(api)).value(CACHE_REQUESTS, function=function, result="stale") == 1.0
+
+    async def test_stale_copy_is_served_while_the_breaker_is_forced_open(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        assert (await api.get("/stock/IBM", params={"days": 3})).status_code == 200
+        assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
+        response = await api.get("/stock/IBM", params={"days": 7})
+        assert response.status_code == 200
+        assert response.json()["source"] == "stale"
+        assert_prices(response.json()["prices"], 7)
+        assert await sim.total_calls() == 1
+
+    async def test_stale_copy_is_served_after_the_breaker_trips(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        assert (await api.get("/stock/IBM")).status_code == 200
+        await trip(api, sim)
+        assert (await breaker_status(api))["state"] == "open"
+        response = await api.get("/stock/IBM")
+        assert response.status_code == 200
+        assert response.json()["source"] == "stale"
+        assert await sim.total_calls() == 6
+        assert (await scrape(api)).value(REJECTED_CALLS, breaker="alphavantage") == 1.0
+
+    async def test_symbol_never_fetched_gets_an_error_not_a_stale_copy(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        assert (await api.get("/stock/IBM")).status_code == 200
+        await sim.set_fault(FaultMode.HTTP_500)
+        error_detail(await api.get("/stock/MSFT"), 502)
+        assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
+        response = await api.get("/stock/MSFT")
+        error_detail(response, 503)
+        retry_after(response)
+        # IBM's copy is only for IBM, and only for the daily series.
+        error_detail(await api.get("/stock/IBM/quote"), 503)
+
+
+# -- coalescing ------------------------------------------------------------------------------------
+
+
+class TestCoalescing:
+    async def test_concurrent_requests_share_one_upstream_call(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        await sim.set_fault(FaultMode.SLOW, delay_seconds=0.2)
+        days = [n % 100 + 1 for n in range(50)]
+        responses = await asyncio.gather(
+            *(api.get("/stock/MSFT", params={"days": d}) for d in days)
+        )
+        assert [response.status_code for response in responses] == [200] * 50
+        assert await sim.total_calls() == 1
+        bodies = [response.json() for response in responses]
+        assert {body["source"] for body in bodies} <= {"upstream", "cache"}
+        assert [len(body["prices"]) for body in bodies] == days
+        longest = max(bodies, key=lambda body: len(body["prices"]))["prices"]
+        assert all(body["prices"] == longest[: len(body["prices"])] for body in bodies)
+
+    async def test_concurrent_requests_for_distinct_symbols_are_not_merged(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        await sim.set_fault(FaultMode.SLOW, delay_seconds=0.1)
+        symbols = ["AAA", "BBB", "CCC", "DDD", "EEE"] * 10
+        responses = await asyncio.gather(*(api.get(f"/stock/{s}") for s in symbols))
+        assert [response.json()["symbol"] for response in responses] == symbols
+        assert await sim.total_calls() == 5
+
+
+# -- on its own --------------------------------------------------------------------------------
 
 
 @dataclass

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from app.simulator import FaultMode
-from tests.servers import ServerPool, ServerProcess, SimulatorControl, async_http_client
+from tests.helpers import SimulatorControl
+from tests.servers import ServerPool, ServerProcess, async_http_client
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ async def get_misses(services: Iterable[ServerProcess], per_service: int) -> lis
 
 async def upstream_calls(simulator: ServerProcess) -> int:
     async with async_http_client(simulator.url) as client:
-        return sum((await SimulatorControl(client).calls()).values())
+        return await SimulatorControl(client).total_calls()
 
 
 async def quota_used(service: ServerProcess) -> int:

@@ -8,6 +8,8 @@ import signal
 import httpx
 import pytest
 
+from app.simulator import FaultMode
+from tests.helpers import SimulatorControl
 from tests.servers import ServerPool, async_http_client
 
 pytestmark = pytest.mark.integration
@@ -21,8 +23,7 @@ async def test_sigterm_turns_readyz_503_and_lets_in_flight_requests_finish(
         simulator, {"ALPHAVANTAGE_API_KEY": "shutdown-test-key", "SHUTDOWN_DRAIN_SECONDS": "1.5"}
     )
     async with async_http_client(simulator.url) as control:
-        fault = {"mode": "slow", "delay_seconds": 2.5}
-        assert (await control.post("/_faults", json=fault)).status_code == 200
+        await SimulatorControl(control).set_fault(FaultMode.SLOW, delay_seconds=2.5)
 
     async with async_http_client(service.url, timeout=20) as client:
         assert (await client.get("/readyz")).status_code == 200

@@ -1,0 +1,220 @@
+"""How the tests talk to the service and to the simulator over HTTP, written once.
+
+Plain functions and classes over an `httpx.AsyncClient`: the same ones serve the in-process
+tests (the app and the simulator behind `httpx.ASGITransport`, tests/conftest.py) and the
+real-socket ones (uvicorn subprocesses on 127.0.0.1, tests/servers.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.simulator import FaultMode
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+def error_detail(response: httpx.Response, status: int) -> str:
+    """Assert an error answer: `status`, JSON, exactly `{"detail": "<non-empty text>"}`."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body, dict)
+    assert set(body) == {"detail"}
+    detail = body["detail"]
+    assert isinstance(detail, str)
+    assert detail
+    return detail
+
+
+def retry_after(response: httpx.Response) -> int:
+    """The Retry-After header: a whole number of seconds, at least one."""
+    value = response.headers.get("retry-after", "")
+    assert value.isdigit(), f"Retry-After is not an integer number of seconds: {value!r}"
+    seconds = int(value)
+    assert seconds >= 1, value
+    return seconds
+
+
+def assert_clean(response: httpx.Response, secrets: Collection[str]) -> None:
+    """No secret and no traceback, in the body or any header."""
+    for secret in secrets:
+        assert secret not in response.text
+        for name, value in response.headers.multi_items():
+            assert secret not in name
+            assert secret not in value
+    assert "Traceback" not in response.text
+
+
+def check_every_response(client: httpx.AsyncClient, secrets: Collection[str]) -> None:
+    """Make `client` fail the test at any answer that shows one of `secrets` or a traceback."""
+
+    async def check(response: httpx.Response) -> None:
+        await response.aread()
+        assert_clean(response, secrets)
+
+    client.event_hooks["response"].append(check)
+
+
+# -- the stock routes ------------------------------------------------------------------------
+
+DAILY = "/stock/{}"
+QUOTE = "/stock/{}/quote"
+ENDPOINTS = pytest.mark.parametrize("endpoint", [DAILY, QUOTE], ids=["daily", "quote"])
+PRICE_FIELDS = {"date", "open", "high", "low", "close", "volume"}
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def assert_prices(prices: object, count: int) -> None:
+    """`count` daily prices, newest first, each with every field."""
+    assert isinstance(prices, list)
+    assert len(prices) == count
+    dates = [dt.date.fromisoformat(point["date"]) for point in prices]
+    assert dates == sorted(set(dates), reverse=True)  # newest first, no repeats
+    for point in prices:
+        assert set(point) == PRICE_FIELDS
+        assert all(is_number(point[key]) for key in ("open", "high", "low", "close"))
+        assert type(point["volume"]) is int
+
+
+# -- the breaker -----------------------------------------------------------------------------
+
+
+async def breaker_status(api: httpx.AsyncClient) -> dict[str, Any]:
+    """GET /circuit-breaker: the most severe breaker at the top level, all of them in
+    `breakers`."""
+    response = await api.get("/circuit-breaker")
+    assert response.status_code == 200, response.text
+    status: dict[str, Any] = response.json()
+    return status
+
+
+_trip_symbols = itertools.count(1)
+
+
+async def trip(api: httpx.AsyncClient, sim: SimulatorControl, failures: int = 5) -> None:
+    """Open the breaker: take the simulator down, then send `failures` requests (the default
+    BREAKER_FAILURE_THRESHOLD unless told), each answered 502. Each names a symbol never asked
+    before, so that no cached copy answers it."""
+    await sim.set_fault(FaultMode.DOWN)
+    for _ in range(failures):
+        error_detail(await api.get(f"/stock/TRIP{next(_trip_symbols)}"), 502)
+
+
+# -- the upstream limits ---------------------------------------------------------------------
+
+
+async def upstream_status(api: httpx.AsyncClient) -> dict[str, Any]:
+    """GET /upstream: the daily quota, the pacing bucket, the pause and the bulkheads."""
+    response = await api.get("/upstream")
+    assert response.status_code == 200, response.text
+    status: dict[str, Any] = response.json()
+    return status
+
+
+# -- /metrics --------------------------------------------------------------------------------
+
+BREAKER_STATE = "stock_api_circuit_breaker_state"
+STATE_CHANGES = "stock_api_circuit_breaker_state_changes_total"
+REJECTED_CALLS = "stock_api_circuit_breaker_rejected_calls_total"
+UPSTREAM_CALLS = "stock_api_upstream_calls_total"
+THROTTLED_CALLS = "stock_api_upstream_throttled_calls_total"
+CACHE_REQUESTS = "stock_api_cache_requests_total"
+HTTP_REQUESTS = "stock_api_http_requests_total"
+
+Series = tuple[str, frozenset[tuple[str, str]]]  # a sample's name and labels
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One /metrics exposition, as prometheus_client's own parser reads it."""
+
+    text: str
+    samples: dict[Series, float]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The value of the sample `name` with exactly `labels`."""
+        series = (name, frozenset(labels.items()))
+        assert series in self.samples, f"no sample {name} {labels} in:\n{self.text}"
+        return self.samples[series]
+
+    def state_changes(self, from_state: str, to_state: str, breaker: str = "alphavantage") -> float:
+        """How many times `breaker` went from `from_state` to `to_state`."""
+        return self.value(STATE_CHANGES, breaker=breaker, from_state=from_state, to_state=to_state)
+
+    def label_values(self, label: str | None = None) -> set[str]:
+        """Every value that `label` (any label, without one) takes in a sample."""
+        return {
+            value
+            for _, labels in self.samples
+            for name, value in labels
+            if label is None or name == label
+        }
+
+
+async def scrape(api: httpx.AsyncClient) -> Scrape:
+    """GET /metrics, parsed; every sample must appear once."""
+    response = await api.get("/metrics")
+    assert response.status_code == 200, response.text
+    samples: dict[Series, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            series = (sample.name, frozenset(sample.labels.items()))
+            assert series not in samples, f"{sample.name} {sample.labels} is exported twice"
+            samples[series] = sample.value
+    return Scrape(response.text, samples)
+
+
+# -- the simulator ---------------------------------------------------------------------------
+
+
+class SimulatorControl:
+    """Switches the simulator's faults and reads its call counters, through its own endpoints
+    (`/_faults`, `/_stats`): `client` points at the simulator, over a socket or in-process."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def set_fault(
+        self, mode: FaultMode, delay_seconds: float | None = None, function: str | None = None
+    ) -> None:
+        """Fail every /query call as `mode` says (only `function`'s calls, when named); without
+        `delay_seconds`, the simulator's default delay (2 s) for `slow`."""
+        payload: dict[str, object] = {"mode": mode.value}
+        if delay_seconds is not None:
+            payload["delay_seconds"] = delay_seconds
+        if function is not None:
+            payload["function"] = function
+        response = await self._client.post("/_faults", json=payload)
+        assert response.status_code == 200, response.text
+
+    async def reset_stats(self) -> None:
+        response = await self._client.post("/_stats/reset")
+        assert response.status_code == 200, response.text
+
+    async def calls(self) -> dict[str, int]:
+        """The /query calls received since the last reset, by function."""
+        calls: dict[str, int] = (await self._stats()).json()["calls"]
+        return calls
+
+    async def total_calls(self) -> int:
+        """The /query calls received since the last reset, all functions together."""
+        total = (await self._stats()).json()["total"]
+        assert isinstance(total, int)
+        return total
+
+    async def _stats(self) -> httpx.Response:
+        response = await self._client.get("/_stats")
+        assert response.status_code == 200, response.text
+        return response
