@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from starlette.applications import Starlette
 from app.main import create_app
 from app.settings import SIMULATOR_DEFAULTS, Settings
 from app.simulator import create_simulator
-from tests.servers import ServerPool
+from tests.servers import ServerPool, debian_tool
 
 
 class FakeClock:
@@ -30,14 +29,7 @@ class FakeClock:
 
 def prometheus_tool(name: str) -> str:
     """The path of `prometheus` or `promtool`; a missing one fails the test, never skips it."""
-    executable = shutil.which(name)
-    if executable is None:
-        pytest.fail(
-            f"{name} is missing: install Debian's prometheus package "
-            "(`apt-get install prometheus`; `make test` does it when run as root)",
-            pytrace=False,
-        )
-    return executable
+    return debian_tool(name, package="prometheus")
 
 
 # -- the app against the in-process simulator ----------------------------------------------
