@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from app.main import create_app
 from app.settings import SIMULATOR_DEFAULTS, Settings
 from app.simulator import create_simulator
+from tests.redis_server import PASSWORD, RedisServer
 from tests.servers import ServerPool, debian_tool
 
 
@@ -94,3 +95,26 @@ def servers(tmp_path: Path) -> Iterator[ServerPool]:
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 (tests/redis_server.py) at `redis_server.url`,
+    stopped when the test ends."""
+    server = RedisServer(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_server_with_password(tmp_path: Path) -> Iterator[RedisServer]:
+    """As `redis_server`, with `--requirepass secret`: `redis://:secret@127.0.0.1:PORT/0`."""
+    server = RedisServer(tmp_path, password=PASSWORD)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
