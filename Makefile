@@ -27,9 +27,11 @@ lock:
 lock-upgrade:
 	PYTHON=$(PYTHON) sh requirements/lock.sh --upgrade
 
-# Tests use Debian's prometheus (promtool, and a real server end to end) and docker-compose
-# (to validate the compose file) for real; as root, install whichever is missing.
-DEBIAN_TOOLS := prometheus:promtool prometheus:prometheus docker-compose:docker-compose
+# Tests use Debian's prometheus (promtool, and a real server end to end), docker-compose
+# (to validate the compose file) and redis-server (the state store's Redis backend, against a
+# real server) for real; as root, install whichever is missing.
+DEBIAN_TOOLS := prometheus:promtool prometheus:prometheus docker-compose:docker-compose \
+	redis-server:redis-server
 tools:
 	@missing=$$(for tool in $(DEBIAN_TOOLS); do \
 		command -v $${tool#*:} >/dev/null || echo $${tool%%:*}; done | sort -u); \

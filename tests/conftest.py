@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +13,8 @@ from app.main import create_app
 from app.settings import SIMULATOR_DEFAULTS, Settings
 from app.simulator import create_simulator
 from tests.helpers import SimulatorControl, check_every_response
-from tests.servers import ServerPool
+from tests.redis_server import PASSWORD, RedisServer
+from tests.servers import ServerPool, debian_tool
 
 
 class FakeClock:
@@ -32,14 +32,7 @@ class FakeClock:
 
 def prometheus_tool(name: str) -> str:
     """The path of `prometheus` or `promtool`; a missing one fails the test, never skips it."""
-    executable = shutil.which(name)
-    if executable is None:
-        pytest.fail(
-            f"{name} is missing: install Debian's prometheus package "
-            "(`apt-get install prometheus`; `make test` does it when run as root)",
-            pytrace=False,
-        )
-    return executable
+    return debian_tool(name, package="prometheus")
 
 
 # -- the app against the in-process simulator ----------------------------------------------
@@ -128,3 +121,26 @@ def servers(tmp_path: Path) -> Iterator[ServerPool]:
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 (tests/redis_server.py) at `redis_server.url`,
+    stopped when the test ends."""
+    server = RedisServer(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_server_with_password(tmp_path: Path) -> Iterator[RedisServer]:
+    """As `redis_server`, with `--requirepass secret`: `redis://:secret@127.0.0.1:PORT/0`."""
+    server = RedisServer(tmp_path, password=PASSWORD)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
+import pytest
 
 from app.settings import SIMULATOR_DEFAULTS, Settings
 from tests.helpers import SimulatorControl, check_every_response
@@ -43,6 +45,19 @@ Command = Callable[[int], Sequence[str]]
 
 class ServerStartError(RuntimeError):
     """A server exited, or did not answer, before it was ready."""
+
+
+def debian_tool(command: str, package: str) -> str:
+    """The path of `command`; a missing one fails the test, never skips it, naming the Debian
+    package that brings it (the Makefile's DEBIAN_TOOLS, which `make test` installs)."""
+    executable = shutil.which(command)
+    if executable is None:
+        pytest.fail(
+            f"{command} is missing: install Debian's {package} package "
+            f"(`apt-get install {package}`; `make test` does it when run as root)",
+            pytrace=False,
+        )
+    return executable
 
 
 def free_port() -> int:
