@@ -2,8 +2,9 @@
 
 `ServerPool` starts the Alpha Vantage simulator (`python -m app.simulator`), the service exactly
 as production runs it (`python -m uvicorn app.main:app`) and the `make run` launcher
-(`python -m app`). Each runs in a session of its own with stdout and stderr captured to files,
-and `ServerPool.close()` stops every one of them, and whatever children they left behind.
+(`python -m app`, with one worker or more). Each runs in a session of its own with stdout and
+stderr captured to files, and `ServerPool.close()` stops every one of them, and whatever
+children they left behind.
 """
 
 from __future__ import annotations
@@ -202,8 +203,11 @@ class ServerPool:
         }
         return self._start("service", command, variables, ready_path="/healthz", cwd=self._log_dir)
 
-    def start_launcher(self, simulator_port: int, settings: Mapping[str, str]) -> ServerProcess:
-        """`python -m app` as `make run` starts it: from the checkout's root directory."""
+    def start_launcher(
+        self, simulator_port: int, settings: Mapping[str, str], *, workers: int = 1
+    ) -> ServerProcess:
+        """`python -m app --workers N` as `make run` starts it: from the checkout's root
+        directory. Ready once one worker answers."""
 
         def command(port: int) -> list[str]:
             return [
@@ -216,6 +220,8 @@ class ServerPool:
                 str(port),
                 "--simulator-port",
                 str(simulator_port),
+                "--workers",
+                str(workers),
             ]
 
         return self._start("launcher", command, settings, ready_path="/healthz", cwd=ROOT)
