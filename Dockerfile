@@ -47,9 +47,9 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
 
-# One worker per container, on purpose: each worker would have its own breaker, cache and
-# metrics (and Prometheus would scrape one of them at random). Scale with replicas instead.
-# `python -m app` runs one uvicorn worker with the app's JSON logging, and on SIGTERM drains
+# One worker per container unless WEB_CONCURRENCY asks for more (workers share the budget
+# through STATE_URL and one /metrics; see "Workers or replicas" in the README).
+# `python -m app` runs uvicorn with the app's JSON logging, and on SIGTERM each worker drains
 # (/readyz 503) for SHUTDOWN_DRAIN_SECONDS, then lets in-flight requests finish within
 # SHUTDOWN_GRACE_SECONDS. Without ALPHAVANTAGE_API_KEY it refuses to start, with one line.
 CMD ["python", "-m", "app", "--host", "0.0.0.0", "--port", "8080"]

@@ -1,6 +1,9 @@
 """`python -m app`: serve on 127.0.0.1:8080 with the settings from the environment, and the
 graceful shutdown they ask for (SHUTDOWN_DRAIN_SECONDS, SHUTDOWN_GRACE_SECONDS).
 
+With `--workers N` (or WEB_CONCURRENCY) it runs N worker processes that share the store and
+one /metrics (app/workers.py); they need a store processes share, not STATE_URL=memory://.
+
 With `--simulator-port N` (what `make run` passes) and no ALPHAVANTAGE_API_KEY, it also starts
 the built-in Alpha Vantage simulator on that port and points the service at it, so a fresh
 clone runs with no account. Without it, a missing key is an error, as it is in production.
@@ -22,6 +25,7 @@ import uvicorn
 from app.logs import configure_logging
 from app.main import create_app
 from app.settings import SIMULATOR_DEFAULTS, ConfigError, MissingApiKey, load_settings
+from app.workers import check_state_is_shared, serve_workers, worker_count
 
 logger = logging.getLogger("app")
 
@@ -52,11 +56,17 @@ def main() -> None:
         type=int,
         help="without ALPHAVANTAGE_API_KEY, serve from a simulator started on this port",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (default: WEB_CONCURRENCY, else 1)",
+    )
     args = parser.parse_args()
     configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper())
 
     simulator = None
     try:
+        workers = worker_count(args.workers)
         try:
             settings = load_settings()
         except MissingApiKey:
@@ -75,6 +85,10 @@ def main() -> None:
                 url,
             )
             settings = load_settings()
+        if workers > 1:
+            check_state_is_shared(settings)
+            serve_workers(args.host, args.port, workers, settings)
+            return
         # uvicorn re-raises the SIGTERM it handled once it has shut down; exit through the
         # `finally` below then, so that the simulator stops too.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -82,6 +96,7 @@ def main() -> None:
             create_app(settings),
             host=args.host,
             port=args.port,
+            workers=1,  # not WEB_CONCURRENCY, which uvicorn would read for an unset one
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,

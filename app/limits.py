@@ -184,6 +184,9 @@ class Bulkhead:
         self.name = name
         self.max_concurrency = max_concurrency
         self.in_flight = 0
+        # Told in_flight's new value on every change: the metrics' gauge, which in a group of
+        # workers must be written as it changes (a scrape reaches one worker, not all).
+        self.on_in_flight: Callable[[int], None] | None = None
         self._slots = asyncio.Semaphore(max_concurrency)
 
     @asynccontextmanager
@@ -197,12 +200,17 @@ class Bulkhead:
                 "bulkhead",
                 1,
             ) from None
-        self.in_flight += 1
+        self._count(1)
         try:
             yield
         finally:
-            self.in_flight -= 1
+            self._count(-1)
             self._slots.release()
+
+    def _count(self, change: int) -> None:
+        self.in_flight += change
+        if self.on_in_flight is not None:
+            self.on_in_flight(self.in_flight)
 
 
 class SharedState(Protocol):

@@ -1,23 +1,33 @@
 """Prometheus metrics, one registry per app so that tests and apps never share series.
 
+Under `python -m app --workers N` (PROMETHEUS_MULTIPROC_DIR set before prometheus_client is
+imported) every worker writes its counters, histograms and the in-flight gauge to files in
+that directory, and a scrape answered by any worker sums the group's files; the gauges
+computed at scrape time come from the answering worker (see Metrics.exposition).
+
 No label ever carries a symbol or a raw path: routes are templates, upstream calls are named by
 function, and every known label value exists from startup.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.breaker import CircuitBreaker, CircuitOpenError, Listener, State
 from app.errors import OUTCOMES, THROTTLE_REASONS
 from app.limits import Bulkhead, UpstreamLimits
 from app.state import ObservedState
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_DIR", "Metrics"]
+
+# prometheus_client's switch to multiprocess mode, read when it is first imported.
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 STATE_VALUES = {State.CLOSED: 0, State.OPEN: 1, State.HALF_OPEN: 2}
 CACHE_RESULTS = ("hit", "miss", "stale")
@@ -64,7 +74,7 @@ class _StoreUp:
 
 
 class _UpstreamLimits:
-    """Computes the quota and bulkhead gauges at scrape time, so the quota reads right as
+    """Computes the quota and bulkhead-size gauges at scrape time, so the quota reads right as
     calls leave its window even when nothing else happens."""
 
     def __init__(self) -> None:
@@ -85,20 +95,14 @@ class _UpstreamLimits:
                 "Upstream calls left in the rolling day; 0 while Alpha Vantage says it is spent.",
                 value=status.remaining,
             )
-        in_flight = GaugeMetricFamily(
-            "stock_api_upstream_calls_in_flight",
-            "Upstream calls holding a bulkhead slot (waiting for a paced turn or running).",
-            labels=["bulkhead"],
-        )
+        # The size of each worker's bulkhead: a setting, the same in every worker.
         capacity = GaugeMetricFamily(
             "stock_api_upstream_max_concurrency",
             "Bulkhead size: upstream calls allowed in flight (UPSTREAM_MAX_CONCURRENCY).",
             labels=["bulkhead"],
         )
         for bulkhead in self.bulkheads:
-            in_flight.add_metric([bulkhead.name], bulkhead.in_flight)
             capacity.add_metric([bulkhead.name], bulkhead.max_concurrency)
-        yield in_flight
         yield capacity
 
 
@@ -142,6 +146,15 @@ class Metrics(Listener):
             "Upstream calls the service held back itself, by reason: pacing, quota, bulkhead.",
             ["reason"],
             registry=self.registry,
+        )
+        # Set as slots are taken and given back; in a group of workers, the live workers' sum
+        # (a worker that exits takes its share with it: see app.workers).
+        self.calls_in_flight = Gauge(
+            "stock_api_upstream_calls_in_flight",
+            "Upstream calls holding a bulkhead slot (waiting for a paced turn or running).",
+            ["bulkhead"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.cache_requests = Counter(
             "stock_api_cache_requests_total",
@@ -195,6 +208,20 @@ class Metrics(Listener):
         }
         for route in routes:
             self.http_duration.labels(route, "GET")
+        self._scrape_registry = self._group_registry() or self.registry
+
+    def _group_registry(self) -> CollectorRegistry | None:
+        """In multiprocess mode, what a scrape reads: every worker's files, summed, and this
+        worker's scrape-time gauges (the breaker states and the quota come from the shared
+        store, so one worker's view is the group's). None in a single process."""
+        directory = os.environ.get(MULTIPROC_DIR)
+        if directory is None:
+            return None
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        registry.register(self._states)
+        registry.register(self._limits)
+        return registry
 
     def watch(self, breaker: CircuitBreaker) -> None:
         """Export `breaker`'s state and initialise its series. A breaker of the same name
@@ -211,9 +238,13 @@ class Metrics(Listener):
         """Export the quota and bulkhead gauges (replacing those of an earlier lifespan)."""
         self._limits.limits = limits
         self._limits.bulkheads = list(bulkheads)
+        for bulkhead in bulkheads:
+            in_flight = self.calls_in_flight.labels(bulkhead.name)
+            in_flight.set(bulkhead.in_flight)
+            bulkhead.on_in_flight = in_flight.set
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._scrape_registry)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         children = self._http_children.get((route, method, status))

@@ -359,7 +359,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     args = parser.parse_args(argv)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    # workers=1: uvicorn would otherwise read WEB_CONCURRENCY, which `python -m app` passes on.
+    uvicorn.run(
+        app, host=args.host, port=args.port, workers=1, access_log=False, log_level="warning"
+    )
 
 
 if __name__ == "__main__":

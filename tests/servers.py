@@ -2,8 +2,9 @@
 
 `ServerPool` starts the Alpha Vantage simulator (`python -m app.simulator`), the service exactly
 as production runs it (`python -m uvicorn app.main:app`) and the `make run` launcher
-(`python -m app`). Each runs in a session of its own with stdout and stderr captured to files,
-and `ServerPool.close()` stops every one of them, and whatever children they left behind.
+(`python -m app`, with one worker or more). Each runs in a session of its own with stdout and
+stderr captured to files, and `ServerPool.close()` stops every one of them, and whatever
+children they left behind.
 """
 
 from __future__ import annotations
@@ -217,9 +218,12 @@ class ServerPool:
         }
         return self._start("service", command, variables, ready_path="/healthz", cwd=self._log_dir)
 
-    def start_launcher(self, simulator_port: int, settings: Mapping[str, str]) -> ServerProcess:
-        """`python -m app` as `make run` starts it: from the checkout's root directory, but
-        with its state in a file of its own, so a test leaves nothing in the checkout."""
+    def start_launcher(
+        self, simulator_port: int, settings: Mapping[str, str], *, workers: int = 1
+    ) -> ServerProcess:
+        """`python -m app --workers N` as `make run` starts it: from the checkout's root
+        directory, but with its state in a file of its own (unless `settings` name one), so a
+        test leaves nothing in the checkout. Ready once one worker answers."""
 
         def command(port: int) -> list[str]:
             return [
@@ -232,6 +236,8 @@ class ServerPool:
                 str(port),
                 "--simulator-port",
                 str(simulator_port),
+                "--workers",
+                str(workers),
             ]
 
         variables = {"STATE_URL": self._state_url(), **settings}

@@ -7,9 +7,15 @@ import subprocess
 import httpx
 from fastapi import FastAPI
 
+from app import alphavantage
+from app.limits import Bulkhead, UpstreamLimits
+from app.metrics import Metrics
 from app.simulator import FaultMode
+from app.state import MemoryState
 from tests.conftest import prometheus_tool
 from tests.helpers import BREAKER_STATE, SimulatorControl, scrape
+
+IN_FLIGHT = "stock_api_upstream_calls_in_flight"
 
 
 def promtool_check_metrics(exposition: bytes) -> subprocess.CompletedProcess[bytes]:
@@ -58,3 +64,21 @@ async def test_a_second_lifespan_of_the_same_app_exports_one_state_series(
     }
     assert states == {frozenset({("breaker", "alphavantage")}): 0.0}
     assert promtool_check_metrics(metrics.text.encode()).returncode == 0
+
+
+async def test_the_in_flight_gauge_follows_the_bulkhead_slots() -> None:
+    # Written as slots change, not read at scrape time: a group of workers sums the writes.
+    metrics = Metrics(alphavantage.FUNCTIONS, [])
+    bulkhead = Bulkhead("alphavantage", 2)
+    limits = UpstreamLimits(MemoryState(), key="k", pacing=None, quota=None, max_wait=0)
+    metrics.watch_limits(limits, [bulkhead])
+
+    def in_flight() -> float | None:
+        return metrics.registry.get_sample_value(IN_FLIGHT, {"bulkhead": "alphavantage"})
+
+    assert in_flight() == 0
+    async with bulkhead.slot(max_wait=0):
+        async with bulkhead.slot(max_wait=0):
+            assert in_flight() == 2
+        assert in_flight() == 1
+    assert in_flight() == 0
