@@ -15,11 +15,13 @@ from urllib.parse import urlsplit
 
 from app.state._memory import MemoryState
 from app.state._observed import ObservedState, StoreEvents
+from app.state._redis import RedisState
 from app.state._sqlite import SqliteState
 
 __all__ = [
     "MemoryState",
     "ObservedState",
+    "RedisState",
     "SqliteState",
     "StateStore",
     "StoreEvents",
@@ -28,21 +30,38 @@ __all__ = [
     "open_state",
 ]
 
-StateStore = MemoryState | SqliteState | ObservedState
+StateStore = MemoryState | SqliteState | RedisState | ObservedState
+
+
+USABLE = "must be memory://, sqlite:///PATH or redis://[:password@]host:port/db (or rediss://)"
 
 
 def check_state_url(url: str) -> None:
     """ValueError, saying what a usable URL looks like, for one no store can use."""
-    if url != "memory://" and not (url.startswith("sqlite:///") and len(url) > 10):
-        raise ValueError("must be memory://, sqlite:///PATH or redis://[:password@]host:port/db")
+    if url == "memory://" or (url.startswith("sqlite:///") and len(url) > len("sqlite:///")):
+        return
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("redis", "rediss") and bool(parts.hostname)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        usable = False
+    if not usable:
+        raise ValueError(USABLE)
+    if parts.query:
+        # redis-py lets the query override the timeouts STATE_TIMEOUT_SECONDS sets.
+        raise ValueError("takes no ?options: the timeouts come from STATE_TIMEOUT_SECONDS")
 
 
-def open_state(url: str, timeout: float) -> MemoryState | SqliteState:
-    """The store `url` names (a checked one: see check_state_url)."""
+def open_state(url: str, timeout: float) -> MemoryState | SqliteState | RedisState:
+    """The store `url` names (a checked one: see check_state_url). Opening connects to
+    nothing: a store that is down at startup makes the service start degraded."""
     check_state_url(url)
     if url == "memory://":
         return MemoryState()
-    return SqliteState(url.removeprefix("sqlite:///"), timeout)
+    if url.startswith("sqlite:///"):
+        return SqliteState(url.removeprefix("sqlite:///"), timeout)
+    return RedisState(url, timeout)
 
 
 def describe(url: str) -> str:

@@ -49,7 +49,7 @@ class SqliteState:
             async with asyncio.timeout(self._timeout):
                 return await loop.run_in_executor(self._thread, self._update, key, change, keep_for)
         except (TimeoutError, sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(f"SQLite {self._path}: {type(exc).__name__}") from None
+            raise StoreUnavailable(f"SQLite {self._path}: {type(exc).__name__}: {exc}") from None
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
@@ -93,12 +93,25 @@ class SqliteState:
         if self._connection is None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
-            db.execute("PRAGMA journal_mode = WAL")
+            self._enter_wal(db)
             # NORMAL: a commit survives the process's death (kill -9), not a power cut.
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(SCHEMA)
             self._connection = db
         return self._connection
+
+    def _enter_wal(self, db: sqlite3.Connection) -> None:
+        # Switching a new file to WAL takes an exclusive lock without waiting on the busy
+        # timeout: processes opening the file at the same moment get "database is locked".
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     def _close(self) -> None:
         if self._connection is not None:
