@@ -37,8 +37,13 @@ RUN groupadd --system --gid 10001 app \
 COPY --from=build /opt/venv /opt/venv
 
 # An empty working directory: the app is imported from the venv, and no .env is read here
-# (configuration comes from the environment only).
+# (configuration comes from the environment only). The state store's default SQLite file
+# lives on a volume, the one place the service writes: it runs with `--read-only` otherwise.
+# With replicas, set STATE_URL to a Redis instead (docker-compose.yml does).
 WORKDIR /srv/stock-service
+RUN mkdir data && chown 10001:10001 data
+VOLUME /srv/stock-service/data
+ENV STATE_URL=sqlite:///data/stock-service-state.db
 USER 10001:10001
 
 EXPOSE 8080

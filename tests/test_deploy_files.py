@@ -350,16 +350,16 @@ def test_one_service_answers_as_the_scrape_target(
     assert "command" not in active(services, profile)[name], "it runs the image's uvicorn CMD"
 
 
-def test_prometheus_scrapes_the_service_name_and_port() -> None:
+def test_prometheus_discovers_every_replica_of_the_service_name_on_its_port() -> None:
     with PROMETHEUS_CONFIG.open(encoding="utf-8") as f:
         config = yaml.safe_load(f)
-    targets = {
-        target
+    discovered = {
+        (name, str(discovery["port"]))
         for job in config["scrape_configs"]
-        for static in job.get("static_configs", [])
-        for target in static["targets"]
+        for discovery in job.get("dns_sd_configs", [])
+        for name in discovery["names"]
     }
-    assert f"{APP_NAME}:{APP_PORT}" in targets
+    assert (APP_NAME, APP_PORT) in discovered
 
 
 def test_demo_service_uses_the_simulator(services: dict[str, dict[str, Any]]) -> None:

@@ -34,7 +34,7 @@ RUNBOOK_URL = "https://github.com/stock-service/stock-service/blob/main/docs/run
 
 GROUP = "stock-service"
 JOB = "stock-service"
-TARGET = "stock-service:8080"  # the docker-compose service name
+APP_SERVICE, APP_PORT = "stock-service", 8080
 EXPECTED_ALERTS = {
     "CircuitBreakerFlapping": "warning",
     "CircuitBreakerStuckOpen": "critical",
@@ -43,6 +43,7 @@ EXPECTED_ALERTS = {
     "UpstreamQuotaNearlySpent": "warning",
     "StockServiceHigh5xxRatio": "warning",
     "StockServiceDown": "critical",
+    "StateStoreDown": "critical",
 }
 ANNOTATIONS = frozenset({"summary", "description", "runbook_url"})
 # Series Prometheus makes itself for every target: not in the service's exposition.
@@ -227,8 +228,12 @@ def test_prometheus_yml_scrapes_the_service_and_loads_the_alerts() -> None:
     assert config["global"]["evaluation_interval"] == "15s"
     assert config["rule_files"] == ["alerts.yml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    targets = [target for static in jobs[JOB]["static_configs"] for target in static["targets"]]
-    assert targets == [TARGET]
+    (discovery,) = jobs[JOB]["dns_sd_configs"]  # every replica of the compose service
+    assert (discovery["names"], discovery["type"], discovery["port"]) == (
+        [APP_SERVICE],
+        "A",
+        APP_PORT,
+    )
     assert jobs[JOB].get("metrics_path", "/metrics") == "/metrics"
 
     # Every job an alert selects is one that is scraped.
