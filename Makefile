@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock lock-upgrade tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota clean
+.PHONY: install lock lock-upgrade tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota bench-store clean
 
 # From the lock (requirements/dev.txt), not the newest releases: every checkout and CI install
 # the same versions, checked against the hashes. The project itself goes in without
@@ -99,6 +99,13 @@ bench-breaker-memory: $(STAMP)
 # about two minutes): cache, coalescing, pacing and quota against a free key's 25 a day.
 bench-quota: $(STAMP)
 	$(BIN)/python bench/quota_workload.py
+
+# Cache hits and misses on memory://, the default SQLite file and a real redis-server: what
+# each store costs (about a minute, then a table).
+bench-store: $(STAMP) tools
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
+		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
+	$(BIN)/python bench/store_overhead.py
 
 clean:
 	rm -rf $(VENV) .venv-lock .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

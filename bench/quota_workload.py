@@ -96,14 +96,14 @@ async def no_sleep(seconds: float) -> None:
     await yield_once()
 
 
-async def run(config: Config, seconds: int) -> tuple[int, Counter[str]]:
-    clock = FakeClock()
-    upstream = CountingUpstream()
+def build_replica(
+    config: Config, state: MemoryState, clock: FakeClock, upstream: CountingUpstream
+) -> StockService:
+    """One replica: its own cache, breaker and bulkhead, the store shared with the others."""
     breaker = CircuitBreaker("bench", is_failure=is_upstream_failure, clock=clock)
     lane = Lane(breaker, Bulkhead("bench", 4))
-    upstream_state = MemoryState(clock)
-    upstream_limits = UpstreamLimits(
-        upstream_state,
+    limits = UpstreamLimits(
+        state,
         key="bench",
         pacing=(config.rate, 1) if config.rate else None,
         quota=(config.quota, DAY) if config.quota else None,
@@ -113,22 +113,29 @@ async def run(config: Config, seconds: int) -> tuple[int, Counter[str]]:
     cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
         ttl=config.ttl, stale=86400, max_entries=10_000, clock=clock
     )
-    service = StockService(
+    return StockService(
         upstream,  # type: ignore[arg-type]
         dict.fromkeys(alphavantage.FUNCTIONS, lane),
-        upstream_limits,
+        limits,
         cache,
-        SharedCache(
-            upstream_state, namespace="bench", ttl=config.ttl, stale=86400, lease_seconds=12
-        ),
+        SharedCache(state, namespace="bench", ttl=config.ttl, stale=86400, lease_seconds=12),
         Metrics(alphavantage.FUNCTIONS, ()),
     )
+
+
+async def run(config: Config, seconds: int, replicas: int) -> tuple[int, Counter[str]]:
+    """The day's calls and answers, the requests spread over `replicas` replicas that share
+    one store (as on Redis)."""
+    clock = FakeClock()
+    upstream = CountingUpstream()
+    state = MemoryState(clock)
+    services = [build_replica(config, state, clock, upstream) for _ in range(replicas)]
     rng = random.Random(SEED)
     symbols = [f"S{rank:03d}" for rank in range(1, SYMBOLS + 1)]
     weights = [1 / rank**ZIPF_S for rank in range(1, SYMBOLS + 1)]
     answers: Counter[str] = Counter()
 
-    async def ask(symbol: str) -> None:
+    async def ask(service: StockService, symbol: str) -> None:
         try:
             _, source = await service.daily(symbol)
         except (UpstreamError, CircuitOpenError):
@@ -139,8 +146,11 @@ async def run(config: Config, seconds: int) -> tuple[int, Counter[str]]:
     for second in range(seconds):
         clock.now = float(second)
         batch = rng.choices(symbols, weights, k=REQUESTS_PER_SECOND)
-        await asyncio.gather(*(ask(symbol) for symbol in batch))
-    await service.aclose()
+        await asyncio.gather(
+            *(ask(services[n % replicas], symbol) for n, symbol in enumerate(batch))
+        )
+    for service in services:
+        await service.aclose()
     return upstream.calls, answers
 
 
@@ -155,17 +165,25 @@ async def main() -> None:
         f"({REQUESTS_PER_SECOND}/s, {SYMBOLS} symbols, Zipf s={ZIPF_S:g}), Python "
         f"{sys.version.split()[0]}\n"
     )
-    header = f"{'configuration':50} {'upstream calls':>14} {'fresh':>7} {'stale':>7} {'503':>7}"
+    header = (
+        f"{'configuration':50} {'replicas':>8} {'upstream calls':>14} {'fresh':>7} "
+        f"{'stale':>7} {'503':>7}"
+    )
     print(header)
     print("-" * len(header))
     # Pacing sleeps on the event loop's clock, not the fake one: count the wait, skip it.
-    with mock.patch("app.limits.asyncio.sleep", no_sleep):
-        for config in CONFIGS:
+    # So do waits for another replica's flight (polls of the shared tier).
+    runs = [(config, 1) for config in CONFIGS] + [(config, 3) for config in CONFIGS[3:5]]
+    with (
+        mock.patch("app.limits.asyncio.sleep", no_sleep),
+        mock.patch("app.shared_cache.asyncio.sleep", no_sleep),
+    ):
+        for config, replicas in runs:
             started = time.perf_counter()
-            calls, answers = await run(config, seconds)
+            calls, answers = await run(config, seconds, replicas)
             fresh = answers["cache"] + answers["upstream"]
             print(
-                f"{config.name:50} {calls:>14,} {fresh / requests:>7.1%} "
+                f"{config.name:50} {replicas:>8} {calls:>14,} {fresh / requests:>7.1%} "
                 f"{answers['stale'] / requests:>7.1%} {answers['503'] / requests:>7.1%}"
                 f"   ({time.perf_counter() - started:.0f} s)"
             )
