@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import FastAPI
@@ -43,12 +44,12 @@ def create_app(
         connections = upstream_connections(resolved)
         if configure_logs:
             secrets = (resolved.alphavantage_api_key, resolved.admin_token)
-            configure_logging(
-                resolved.log_level,
-                [secret.get_secret_value() for secret in secrets if secret is not None],
-            )
+            masked = [secret.get_secret_value() for secret in secrets if secret is not None]
+            store_password = urlsplit(resolved.state_url.get_secret_value()).password
+            configure_logging(resolved.log_level, [*masked, *filter(None, [store_password])])
         state = ObservedState(
-            open_state(resolved.state_url, resolved.state_timeout_seconds), metrics
+            open_state(resolved.state_url.get_secret_value(), resolved.state_timeout_seconds),
+            metrics,
         )
         metrics.watch_store(state)
         async with httpx.AsyncClient(
@@ -69,7 +70,7 @@ def create_app(
                 "started",
                 extra={
                     "upstream": resolved.alphavantage_base_url,
-                    "state": describe(resolved.state_url),
+                    "state": describe(resolved.state_url.get_secret_value()),
                     "breakers": [b.name for b in app.state.resources.breakers],
                 },
             )

@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 20
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Where the budget, pacing and pauses shared by every process live (app/state).
-    state_url: str = "sqlite:///stock-service-state.db"
+    # A secret: a Redis URL may carry its password. describe() shows it masked.
+    state_url: SecretStr = SecretStr("sqlite:///stock-service-state.db")
     state_timeout_seconds: PositiveSeconds = 0.5
 
     @field_validator("alphavantage_api_key", mode="before")
@@ -94,8 +95,8 @@ class Settings(BaseSettings):
 
     @field_validator("state_url")
     @classmethod
-    def _usable_state_url(cls, value: str) -> str:
-        check_state_url(value)
+    def _usable_state_url(cls, value: SecretStr) -> SecretStr:
+        check_state_url(value.get_secret_value())
         return value
 
     @model_validator(mode="after")

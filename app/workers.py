@@ -47,7 +47,7 @@ def worker_count(flag: int | None) -> int:
 
 def check_state_is_shared(settings: Settings) -> None:
     """Workers with a memory:// store would each spend the whole budget on their own."""
-    if settings.state_url == "memory://":
+    if settings.state_url.get_secret_value() == "memory://":
         raise ConfigError(
             "invalid configuration: STATE_URL: memory:// is one process's own, so workers would "
             "not share the budget; use sqlite:///PATH (the default) or run one worker"

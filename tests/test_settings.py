@@ -33,6 +33,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.upstream_max_concurrency == 4
     assert settings.breaker_scope == "shared"
     assert settings.breaker_mode == "consecutive"
+    # The embedded store, under the working directory: shared by every process started there.
+    assert settings.state_url.get_secret_value() == "sqlite:///stock-service-state.db"
+    assert settings.state_timeout_seconds == 0.5
     assert (
         settings.breaker_backoff_multiplier,
         settings.breaker_backoff_max_seconds,
@@ -65,6 +68,9 @@ def test_a_missing_or_blank_key_is_its_own_error(
         ("UPSTREAM_DAILY_QUOTA", "-1"),
         ("UPSTREAM_MAX_CONCURRENCY", "0"),
         ("BREAKER_SCOPE", "symbol"),
+        ("STATE_URL", "postgres://db/state"),
+        ("STATE_URL", "redis://h:6379/0?socket_timeout=30"),
+        ("STATE_TIMEOUT_SECONDS", "0"),
         ("BREAKER_MODE", "vibes"),
         ("BREAKER_FAILURE_RATE_THRESHOLD", "0"),
         ("BREAKER_FAILURE_RATE_THRESHOLD", "1.5"),
@@ -87,12 +93,14 @@ def test_a_bad_value_names_its_variable(
 def test_secrets_are_masked_and_case_is_forgiven(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "very-secret")
     monkeypatch.setenv("ADMIN_TOKEN", "admin-secret")
+    monkeypatch.setenv("STATE_URL", "redis://:store-secret@redis:6379/0")
     monkeypatch.setenv("LOG_LEVEL", "debug")
     settings = load_settings()
     assert settings.log_level == "DEBUG"
     shown = repr(settings) + str(settings) + settings.model_dump_json()
     assert "very-secret" not in shown
     assert "admin-secret" not in shown
+    assert "store-secret" not in shown
 
 
 def test_a_dotenv_file_is_read(tmp_path: Path) -> None:
