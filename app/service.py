@@ -1,7 +1,7 @@
 """Stock data with caching, coalescing and graceful degradation around the upstream limits
 and the breaker. A miss in this process's cache looks in the tier every process shares
 (app/shared_cache.py), joins a flight under way in any process, or passes quota, bulkhead
-and pacing (app/limits.py), then the breaker."""
+and pacing (app/limits/), then the breaker."""
 
 from __future__ import annotations
 
