@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import ParamSpec, TypeVar
 
 from app.breaker._backoff import Backoff, reopen_timeout
-from app.breaker._shared import Claim, Document, Record, Sharing
+from app.breaker._shared import Claim, Document, Link, Record, Sharing
 from app.breaker._types import (
     CircuitOpenError,
     Listener,
@@ -121,14 +121,9 @@ class CircuitBreaker:
         self._last_failure_time: float | None = None
         self._forced = False
 
-        self._shared = shared
+        self._link = None if shared is None else Link(shared)
         self._fast_state: State | None = State.CLOSED  # set by _arm_fast_paths
         self._fast_until = 0.0
-        self._shared_generation = -1  # the store's generation this copy last took
-        self._next_sync = -math.inf  # OPEN rejects on this copy until then, at the latest
-        self._store_retry_at = -math.inf  # the store failed: decide alone until then
-        self._syncs = 0  # exchanges with the store begun so far
-        self._command: str | None = None  # force_open() or reset() still to be stored
         self._arm_fast_paths()
 
     # -- reading -------------------------------------------------------------------------
@@ -225,8 +220,8 @@ class CircuitBreaker:
 
     async def _admit(self) -> Ticket:
         """Admit a call or raise CircuitOpenError."""
-        if self._shared is not None:
-            return await self._admit_shared(self._shared)
+        if self._link is not None:
+            return await self._admit_shared(self._link)
         if self._state is _CLOSED:
             return self._generation, False, None
         now = self._clock()
@@ -263,18 +258,18 @@ class CircuitBreaker:
             raise admission
         return admission
 
-    async def _admit_shared(self, shared: Sharing) -> Ticket:
+    async def _admit_shared(self, link: Link) -> Ticket:
         """Admit a call on the store's word: every CLOSED call asks it (so a trip anywhere
         stops it), and a probe needs one of its leases. The lock makes one caller at a time
         ask; a caller that waited for it while another asked takes that answer instead."""
-        arrived = self._syncs
+        arrived = link.exchanges
         async with self._lock:
             now = self._clock()
-            if now < self._store_retry_at:
+            if now < link.retry_at:
                 transition, admission = self._admit_alone(now)
-            elif self._state is _CLOSED and self._syncs != arrived:
-                return self._generation, False, Claim(self._shared_generation, None)
-            elif now < self._next_sync and (
+            elif self._state is _CLOSED and link.exchanges != arrived:
+                return self._generation, False, Claim(link.generation, None)
+            elif now < link.next_sync and (
                 now < self._open_until
                 if self._state is _OPEN
                 else self._state is _HALF_OPEN and self._probes >= self.half_open_max_calls
@@ -284,10 +279,10 @@ class CircuitBreaker:
             else:
                 try:
                     claim, transition = await self._exchange(
-                        lambda record, now: record.admit(now, self, shared.probe_lease)
+                        link, lambda record, now: record.admit(now, self, link.sharing.probe_lease)
                     )
                 except Exception as error:
-                    self._store_failed(error)
+                    self._store_failed(link, error)
                     transition, admission = self._admit_alone(self._clock())
                 else:
                     admission = self._ticket(claim)
@@ -311,7 +306,16 @@ class CircuitBreaker:
         self, generation: int, probe: bool, exc: BaseException | None, started: float
     ) -> None:
         """Record how an admitted call ended. Synchronous, so it cannot be cancelled halfway."""
-        outcome = _classify(exc, self._is_failure)
+        # _classify, inlined: the call would cost the failure path a tenth of its time.
+        if exc is None:
+            outcome = Outcome.SUCCESS
+        elif not isinstance(exc, Exception):
+            outcome = Outcome.CANCELLED
+        elif isinstance(exc, CircuitOpenError) or not self._is_failure(exc):
+            outcome = Outcome.IGNORED
+        else:
+            outcome = Outcome.FAILURE
+
         now = self._clock()
         transition: tuple[State, State] | None = None
         if generation == self._generation:  # otherwise the result is stale: it changes nothing
@@ -367,16 +371,17 @@ class CircuitBreaker:
         else:
             shared = trip
         transition, stored = None, False
-        if shared:
+        link = self._link
+        if shared and link is not None:
             async with self._lock:
-                if self._clock() >= self._store_retry_at:
+                if self._clock() >= link.retry_at:
                     try:
                         _, transition = await self._exchange(
-                            lambda record, now: record.settle(now, self, claim, outcome, trip)
+                            link, lambda record, now: record.settle(now, self, claim, outcome, trip)
                         )
                         stored = True
                     except Exception as error:
-                        self._store_failed(error)
+                        self._store_failed(link, error)
         if not stored:
             transition = self._settle_alone(generation, probe, outcome, trip, now)
         if self._listeners:
@@ -421,25 +426,25 @@ class CircuitBreaker:
         """Bring this copy up to date with the shared state, writing a force_open() or
         reset() given here first. Without a store, or when it does not answer, this copy
         stands as it is."""
-        if self._shared is None:
+        link = self._link
+        if link is None:
             return
         async with self._lock:
             try:
-                _, transition = await self._exchange(lambda record, now: None)
+                _, transition = await self._exchange(link, lambda record, now: None)
             except Exception as error:
-                self._store_failed(error)
+                self._store_failed(link, error)
                 return
         if transition is not None:
             self._emit_transition(transition)
 
     async def _exchange(
-        self, operation: Callable[[Record, float], R]
+        self, link: Link, operation: Callable[[Record, float], R]
     ) -> tuple[R, tuple[State, State] | None]:
         """One atomic change of the shared document: a manual command given here first, the
         lazy transitions, then `operation`; then this copy takes the result. Returns the
         operation's result and this copy's transition. Raises what the store raises."""
-        assert self._shared is not None
-        command, timeout = self._command, self.timeout
+        command, timeout = link.command, self.timeout
 
         def change(document: Document, now: float) -> tuple[Document, tuple[Record, float, R]]:
             record = Record.load(document, timeout)
@@ -451,22 +456,22 @@ class CircuitBreaker:
             result = operation(record, now)
             return record.dump(), (record, now, result)
 
-        self._syncs += 1
-        record, store_now, result = await self._shared.store.update(self._shared.key, change)
-        if self._command is command:  # not replaced by a newer one while the store worked
-            self._command = None
-        return result, self._adopt(record, store_now)
+        link.exchanges += 1
+        record, store_now, result = await link.sharing.store.update(link.sharing.key, change)
+        if link.command is command:  # not replaced by a newer one while the store worked
+            link.command = None
+        return result, self._adopt(link, record, store_now)
 
-    def _adopt(self, record: Record, store_now: float) -> tuple[State, State] | None:
+    def _adopt(self, link: Link, record: Record, store_now: float) -> tuple[State, State] | None:
         """Make this copy the shared state the store just returned."""
         now = self._clock()
         old = self._state
-        if record.generation != self._shared_generation or record.state is not old:
+        if record.generation != link.generation or record.state is not old:
             # A new shared generation: calls admitted before it, here, are stale.
             self._generation += 1
             if self._window is not None:
                 self._window.clear()
-        self._shared_generation = record.generation
+        link.generation = record.generation
         self._state = record.state
         self._failures = record.failures
         self._successes = record.successes
@@ -478,22 +483,20 @@ class CircuitBreaker:
         self._forced = record.forced
         # The store's clock and this one both count seconds: carry the time left across.
         self._open_until = math.inf if record.forced else now + record.open_until - store_now
-        assert self._shared is not None
-        self._next_sync = now + self._shared.sync_interval
-        self._store_retry_at = -math.inf
+        link.next_sync = now + link.sharing.sync_interval
+        link.retry_at = -math.inf
         self._arm_fast_paths()
         return None if record.state is old else (old, record.state)
 
-    def _store_failed(self, error: Exception) -> None:
+    def _store_failed(self, link: Link, error: Exception) -> None:
         """Decide alone, on this copy, until the sync interval has passed."""
-        assert self._shared is not None
         logger.warning(
             "circuit breaker %r: the shared state store failed (%s: %s); deciding alone",
             self.name,
             type(error).__name__,
             error,
         )
-        self._store_retry_at = self._next_sync = self._clock() + self._shared.sync_interval
+        link.retry_at = link.next_sync = self._clock() + link.sharing.sync_interval
         self._arm_fast_paths()
 
     # -- manual control ------------------------------------------------------------------
@@ -506,7 +509,8 @@ class CircuitBreaker:
         self._open(now, self.timeout)  # the timeout it reports; it lasts until reset()
         self._forced = True
         self._open_until = math.inf
-        self._command = _FORCE_OPEN
+        if self._link is not None:
+            self._link.command = _FORCE_OPEN
         self._arm_fast_paths()
         if old is not State.OPEN:
             self._emit_transition((old, State.OPEN))
@@ -517,7 +521,8 @@ class CircuitBreaker:
         old = self._state
         self._set_state(State.CLOSED)
         self._last_failure_time = None
-        self._command = _RESET
+        if self._link is not None:
+            self._link.command = _RESET
         if old is not State.CLOSED:
             self._emit_transition((old, State.CLOSED))
 
@@ -547,11 +552,12 @@ class CircuitBreaker:
         """Set what the lock-free paths of call() and check() act on. Without a store, the
         state itself. With one, never CLOSED (each call asks the store first), and OPEN
         rejects alone only until the next sync is due, so a reset elsewhere is seen here."""
-        if self._shared is None:
+        link = self._link
+        if link is None:
             self._fast_state, self._fast_until = self._state, self._open_until
         elif self._state is _OPEN:
             self._fast_state = _OPEN
-            self._fast_until = min(self._open_until, self._next_sync)
+            self._fast_until = min(self._open_until, link.next_sync)
         else:
             self._fast_state = None
 

@@ -68,6 +68,20 @@ class Sharing:
             )
 
 
+@dataclass(slots=True)
+class Link:
+    """What a breaker keeps of its exchanges with the store. One attribute of the breaker's,
+    not six: past 30 attributes CPython 3.11 stops sharing an instance dict's keys, and every
+    attribute read on the fast paths gets slower."""
+
+    sharing: Sharing
+    generation: int = -1  # the store's generation the breaker's copy last took
+    next_sync: float = -math.inf  # an OPEN copy rejects on its own until then, at the latest
+    retry_at: float = -math.inf  # the store failed: the breaker decides alone until then
+    exchanges: int = 0  # begun so far
+    command: str | None = None  # a force_open() or reset() still to be written
+
+
 class Claim(NamedTuple):
     """What the store admitted a call under: the document's generation, and the probe's
     lease (None for a CLOSED call)."""
