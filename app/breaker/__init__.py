@@ -40,7 +40,8 @@ Design, after sony/gobreaker:
   trip cannot close the breaker later.
 - Bookkeeping never awaits. On an event loop, code without an await cannot be interleaved,
   so a check and the transition it decides are one atomic step, and a cancellation can never
-  land between taking a probe slot and giving it back.
+  land between taking a probe slot and giving it back. (With a store, taking and returning a
+  probe's lease await it: a cancellation there leaves the lease to expire.)
 - The slow-path admission (OPEN past its timeout, HALF_OPEN probe slots) runs under an
   `asyncio.Lock` that is never held across the protected call. Without a store nothing under
   it awaits; with one, it keeps one caller per process asking the store at a time, and a
