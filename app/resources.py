@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from app import alphavantage
 from app.alphavantage import AlphaVantageClient
-from app.breaker import Backoff, CircuitBreaker, FailureRate
+from app.breaker import Backoff, CircuitBreaker, FailureRate, Sharing
 from app.cache import TTLCache
 from app.errors import is_upstream_failure
 from app.limits import DAY, Bulkhead, UpstreamLimits
@@ -62,11 +62,15 @@ def build_resources(
         names = {f: f"{BREAKER_NAME}_{f.lower()}" for f in alphavantage.FUNCTIONS}
     else:
         names = dict.fromkeys(alphavantage.FUNCTIONS, BREAKER_NAME)
-    lanes_by_name = {name: build_lane(name, settings, metrics) for name in names.values()}
+    key = key_digest(settings.alphavantage_api_key)
+    lanes_by_name = {
+        name: build_lane(name, settings, metrics, breaker_sharing(settings, state, key, name))
+        for name in names.values()
+    }
     lanes = {function: lanes_by_name[name] for function, name in names.items()}
     limits = UpstreamLimits(
         state,
-        key=key_digest(settings.alphavantage_api_key),
+        key=key,
         pacing=(
             (settings.upstream_rate_per_second, settings.upstream_burst)
             if settings.upstream_rate_per_second > 0
@@ -112,7 +116,19 @@ def build_resources(
     )
 
 
-def build_lane(name: str, settings: Settings, metrics: Metrics) -> Lane:
+def breaker_sharing(settings: Settings, state: SharedState, key: str, name: str) -> Sharing:
+    """One breaker state per breaker name and API key (its digest) for every process using
+    them; two deployments with different keys sharing a store never mix."""
+    return Sharing(
+        state,
+        f"breaker:{key}:{name}",
+        # A probe's call: the upstream timeout, and the quota's and a rate-limit answer's
+        # store operations, with a second's slack before its slot goes to another process.
+        probe_lease=settings.upstream_timeout_seconds + 2 * settings.state_timeout_seconds + 1,
+    )
+
+
+def build_lane(name: str, settings: Settings, metrics: Metrics, sharing: Sharing) -> Lane:
     breaker = CircuitBreaker(
         name,
         failure_threshold=settings.breaker_failure_threshold,
@@ -128,6 +144,7 @@ def build_lane(name: str, settings: Settings, metrics: Metrics) -> Lane:
         ),
         is_failure=is_upstream_failure,
         listeners=[metrics],
+        shared=sharing,
     )
     metrics.watch(breaker)
     return Lane(breaker, Bulkhead(name, settings.upstream_max_concurrency))

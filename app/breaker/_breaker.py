@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import ParamSpec, TypeVar
 
 from app.breaker._backoff import Backoff, reopen_timeout
+from app.breaker._shared import Claim, Document, Link, Record, Sharing
 from app.breaker._types import (
     CircuitOpenError,
     Listener,
@@ -33,9 +34,25 @@ logger = logging.getLogger("app.breaker")
 
 P = ParamSpec("P")
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Module constants: reading an enum member through its class costs a lookup on every call.
 _CLOSED, _OPEN, _HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
+_FORCE_OPEN, _RESET = "force_open", "reset"  # a manual command not yet written to the store
+
+# What admission hands the call: the local generation, whether it is a probe, and the
+# store's claim (None when the breaker decided alone: no store, or one that did not answer).
+Ticket = tuple[int, bool, Claim | None]
+
+
+def _classify(exc: BaseException | None, is_failure: Callable[[Exception], bool]) -> Outcome:
+    if exc is None:
+        return Outcome.SUCCESS
+    if not isinstance(exc, Exception):
+        return Outcome.CANCELLED
+    if isinstance(exc, CircuitOpenError) or not is_failure(exc):
+        return Outcome.IGNORED
+    return Outcome.FAILURE
 
 
 class CircuitBreaker:
@@ -53,6 +70,7 @@ class CircuitBreaker:
         failure_rate: FailureRate | None = None,
         backoff: Backoff | None = None,
         random: Callable[[], float] = random.random,
+        shared: Sharing | None = None,
     ) -> None:
         if not name:
             raise ValueError("name must not be empty")
@@ -75,12 +93,12 @@ class CircuitBreaker:
         self._clock = clock
         self._listeners = tuple(listeners)
         # Serializes the slow-path admission (_admit: OPEN past its timeout, HALF_OPEN probe
-        # slots). Nothing under it awaits yet, so on one event loop that is atomic anyway and
-        # the lock is never contended; the hot paths never take it, and an uncontended
-        # `async with` on it costs about 5 bare awaits. It is there for the next step, which
-        # gives that admission an await (a state store shared between replicas): from then on
-        # callers could interleave between reading the state and taking a probe slot, and the
-        # lock is what keeps a check and the transition it decides one step.
+        # slots) and, with a store, every exchange with it. Without a store nothing under it
+        # awaits, so on one event loop that is atomic anyway and the lock is never contended;
+        # the hot paths never take it, and an uncontended `async with` on it costs about 5
+        # bare awaits. With a store the admission awaits it: callers could interleave between
+        # reading the state and taking a probe slot, and the lock keeps one caller at a time
+        # asking, and the answers taken in the order the store gave them.
         self._lock = asyncio.Lock()
         self._backoff = backoff
         self._random = random
@@ -102,6 +120,11 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._last_failure_time: float | None = None
         self._forced = False
+
+        self._link = None if shared is None else Link(shared)
+        self._fast_state: State | None = State.CLOSED  # set by _arm_fast_paths
+        self._fast_until = 0.0
+        self._arm_fast_paths()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -159,7 +182,7 @@ class CircuitBreaker:
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `await fn(*args, **kwargs)` through the breaker."""
-        state = self._state
+        state = self._fast_state
         if state is _CLOSED:
             # The path nearly every call takes, stripped to what it needs: a CLOSED admission
             # writes nothing, and a success only writes when there are failures to forget or
@@ -177,7 +200,7 @@ class CircuitBreaker:
             return result
         if state is _OPEN:
             now = self._clock()
-            if now < self._open_until:
+            if now < self._fast_until:
                 raise self._rejected(now)  # without awaiting anything
         async with Guard(self):
             return await fn(*args, **kwargs)
@@ -186,44 +209,92 @@ class CircuitBreaker:
         """Raise CircuitOpenError if a call now would be rejected outright (OPEN before its
         timeout), else do nothing. Admits nothing: it lets a caller skip the work it would
         do before `call` when the answer is already known."""
-        if self._state is _OPEN:
+        if self._fast_state is _OPEN:
             now = self._clock()
-            if now < self._open_until:
+            if now < self._fast_until:
                 raise self._rejected(now)
 
     def guard(self) -> Guard:
         """`async with breaker.guard(): ...` protects a block instead of a call."""
         return Guard(self)
 
-    async def _admit(self) -> tuple[int, bool]:
-        """Admit a call or raise CircuitOpenError. Returns (generation, is_probe)."""
+    async def _admit(self) -> Ticket:
+        """Admit a call or raise CircuitOpenError."""
+        if self._link is not None:
+            return await self._admit_shared(self._link)
         if self._state is _CLOSED:
-            return self._generation, False
+            return self._generation, False, None
         now = self._clock()
         if self._state is _OPEN and now < self._open_until:
             raise self._rejected(now)
 
-        rejection: CircuitOpenError | None = None
         async with self._lock:
             # Nothing awaits between here and the end of the block, so when many callers
             # arrive in one tick exactly one of them moves OPEN to HALF_OPEN.
-            now = self._clock()
-            transition = self._expire(now)
-            if self._state is _OPEN:
-                rejection = CircuitOpenError(self.name, _OPEN, self._retry_after(now))
-            elif self._state is _HALF_OPEN:
-                if self._probes < self.half_open_max_calls:
-                    self._probes += 1
-                else:
-                    rejection = CircuitOpenError(self.name, _HALF_OPEN, 0.0)
-            ticket = (self._generation, self._state is _HALF_OPEN)
+            transition, admission = self._admit_alone(self._clock())
+        return self._admitted(transition, admission)
 
+    def _admit_alone(
+        self, now: float
+    ) -> tuple[tuple[State, State] | None, Ticket | CircuitOpenError]:
+        """Decide an admission on this copy of the state alone."""
+        transition = self._expire(now)
+        if self._state is _OPEN:
+            return transition, CircuitOpenError(self.name, _OPEN, self._retry_after(now))
+        if self._state is _HALF_OPEN:
+            if self._probes >= self.half_open_max_calls:
+                return transition, CircuitOpenError(self.name, _HALF_OPEN, 0.0)
+            self._probes += 1
+        return transition, (self._generation, self._state is _HALF_OPEN, None)
+
+    def _admitted(
+        self, transition: tuple[State, State] | None, admission: Ticket | CircuitOpenError
+    ) -> Ticket:
+        """Announce an admission decided under the lock, once it is released."""
         if transition is not None:
             self._emit_transition(transition)
-        if rejection is not None:
-            self._emit_rejection(rejection)
-            raise rejection
-        return ticket
+        if isinstance(admission, CircuitOpenError):
+            self._emit_rejection(admission)
+            raise admission
+        return admission
+
+    async def _admit_shared(self, link: Link) -> Ticket:
+        """Admit a call on the store's word: every CLOSED call asks it (so a trip anywhere
+        stops it), and a probe needs one of its leases. The lock makes one caller at a time
+        ask; a caller that waited for it while another asked takes that answer instead."""
+        arrived = link.exchanges
+        async with self._lock:
+            now = self._clock()
+            if now < link.retry_at:
+                transition, admission = self._admit_alone(now)
+            elif self._state is _CLOSED and link.exchanges != arrived:
+                return self._generation, False, Claim(link.generation, None)
+            elif now < link.next_sync and (
+                now < self._open_until
+                if self._state is _OPEN
+                else self._state is _HALF_OPEN and self._probes >= self.half_open_max_calls
+            ):
+                # Rejected on what the store said a moment ago: asking again would not help.
+                transition, admission = self._admit_alone(now)
+            else:
+                try:
+                    claim, transition = await self._exchange(
+                        link, lambda record, now: record.admit(now, self, link.sharing.probe_lease)
+                    )
+                except Exception as error:
+                    self._store_failed(link, error)
+                    transition, admission = self._admit_alone(self._clock())
+                else:
+                    admission = self._ticket(claim)
+        return self._admitted(transition, admission)
+
+    def _ticket(self, claim: Claim | None) -> Ticket | CircuitOpenError:
+        """The store's admission, on this copy just updated from it."""
+        if claim is not None:
+            return self._generation, claim.lease is not None, claim
+        if self._state is _HALF_OPEN:
+            return CircuitOpenError(self.name, _HALF_OPEN, 0.0)
+        return CircuitOpenError(self.name, _OPEN, self._retry_after(self._clock()))
 
     def _rejected(self, now: float) -> CircuitOpenError:
         error = CircuitOpenError(self.name, _OPEN, self._retry_after(now))
@@ -235,6 +306,7 @@ class CircuitBreaker:
         self, generation: int, probe: bool, exc: BaseException | None, started: float
     ) -> None:
         """Record how an admitted call ended. Synchronous, so it cannot be cancelled halfway."""
+        # _classify, inlined: the call would cost the failure path a tenth of its time.
         if exc is None:
             outcome = Outcome.SUCCESS
         elif not isinstance(exc, Exception):
@@ -278,24 +350,179 @@ class CircuitBreaker:
         if transition is not None:
             self._emit_transition(transition)
 
+    async def _settle_shared(
+        self, generation: int, probe: bool, claim: Claim, exc: BaseException | None, started: float
+    ) -> None:
+        """Record how a call the store admitted ended: in the store when it changes the shared
+        state (a failure, a probe's result, a success that ends a run of failures, a trip of
+        this process's window), else here only. If the store fails, here only."""
+        outcome = _classify(exc, self._is_failure)
+        now = self._clock()
+        window, trip = self._window, False
+        counted = outcome is Outcome.SUCCESS or outcome is Outcome.FAILURE
+        if window is not None and counted and not probe and generation == self._generation:
+            trip = window.record(now, outcome is Outcome.FAILURE, now - started)
+        if probe:
+            shared = True
+        elif window is None:
+            shared = outcome is Outcome.FAILURE or (
+                outcome is Outcome.SUCCESS and self._failures > 0
+            )
+        else:
+            shared = trip
+        transition, stored = None, False
+        link = self._link
+        if shared and link is not None:
+            async with self._lock:
+                if self._clock() >= link.retry_at:
+                    try:
+                        _, transition = await self._exchange(
+                            link, lambda record, now: record.settle(now, self, claim, outcome, trip)
+                        )
+                        stored = True
+                    except Exception as error:
+                        self._store_failed(link, error)
+        if not stored:
+            transition = self._settle_alone(generation, probe, outcome, trip, now)
+        if self._listeners:
+            duration = now - started
+            self._emit(lambda listener: listener.call_finished(self, outcome, duration))
+        if transition is not None:
+            self._emit_transition(transition)
+
+    def _settle_alone(
+        self, generation: int, probe: bool, outcome: Outcome, trip: bool, now: float
+    ) -> tuple[State, State] | None:
+        """A shared call's result on this copy only, as _settle would record it (the window
+        has had it already)."""
+        if generation != self._generation:
+            return None
+        if probe:
+            self._probes -= 1
+        if trip:
+            return self._open(now, self.timeout)
+        if outcome is Outcome.SUCCESS:
+            if self._state is not _CLOSED:
+                self._successes += 1
+                if self._successes >= self.success_threshold:
+                    return self._set_state(_CLOSED)
+            elif self._window is None:
+                self._failures = 0
+        elif outcome is Outcome.FAILURE:
+            self._last_failure_time = time.time()
+            if self._state is _HALF_OPEN:
+                self._failures += 1
+                self._reopens += 1
+                return self._open(now, self._reopen_timeout())
+            if self._window is None:
+                self._failures += 1
+                if self._failures >= self.failure_threshold:
+                    return self._open(now, self.timeout)
+        return None
+
+    # -- the shared state ------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Bring this copy up to date with the shared state, writing a force_open() or
+        reset() given here first. Without a store, or when it does not answer, this copy
+        stands as it is."""
+        link = self._link
+        if link is None:
+            return
+        async with self._lock:
+            try:
+                _, transition = await self._exchange(link, lambda record, now: None)
+            except Exception as error:
+                self._store_failed(link, error)
+                return
+        if transition is not None:
+            self._emit_transition(transition)
+
+    async def _exchange(
+        self, link: Link, operation: Callable[[Record, float], R]
+    ) -> tuple[R, tuple[State, State] | None]:
+        """One atomic change of the shared document: a manual command given here first, the
+        lazy transitions, then `operation`; then this copy takes the result. Returns the
+        operation's result and this copy's transition. Raises what the store raises."""
+        command, timeout = link.command, self.timeout
+
+        def change(document: Document, now: float) -> tuple[Document, tuple[Record, float, R]]:
+            record = Record.load(document, timeout)
+            if command == _FORCE_OPEN:
+                record.force_open(now, timeout)
+            elif command == _RESET:
+                record.reset(now)
+            record.expire(now)
+            result = operation(record, now)
+            return record.dump(), (record, now, result)
+
+        link.exchanges += 1
+        record, store_now, result = await link.sharing.store.update(link.sharing.key, change)
+        if link.command is command:  # not replaced by a newer one while the store worked
+            link.command = None
+        return result, self._adopt(link, record, store_now)
+
+    def _adopt(self, link: Link, record: Record, store_now: float) -> tuple[State, State] | None:
+        """Make this copy the shared state the store just returned."""
+        now = self._clock()
+        old = self._state
+        if record.generation != link.generation or record.state is not old:
+            # A new shared generation: calls admitted before it, here, are stale.
+            self._generation += 1
+            if self._window is not None:
+                self._window.clear()
+        link.generation = record.generation
+        self._state = record.state
+        self._failures = record.failures
+        self._successes = record.successes
+        self._probes = len(record.leases)
+        self._reopens = record.reopens
+        self._open_timeout = record.open_timeout
+        self._opened_at = record.opened_at
+        self._last_failure_time = record.last_failure_time
+        self._forced = record.forced
+        # The store's clock and this one both count seconds: carry the time left across.
+        self._open_until = math.inf if record.forced else now + record.open_until - store_now
+        link.next_sync = now + link.sharing.sync_interval
+        link.retry_at = -math.inf
+        self._arm_fast_paths()
+        return None if record.state is old else (old, record.state)
+
+    def _store_failed(self, link: Link, error: Exception) -> None:
+        """Decide alone, on this copy, until the sync interval has passed."""
+        logger.warning(
+            "circuit breaker %r: the shared state store failed (%s: %s); deciding alone",
+            self.name,
+            type(error).__name__,
+            error,
+        )
+        link.retry_at = link.next_sync = self._clock() + link.sharing.sync_interval
+        self._arm_fast_paths()
+
     # -- manual control ------------------------------------------------------------------
 
     def force_open(self) -> None:
-        """Open the breaker and keep it open until reset()."""
+        """Open the breaker and keep it open until reset(). With a store, here at once and
+        everywhere once written: by refresh() or this breaker's next admission."""
         now = self._refresh()
         old = self._state
         self._open(now, self.timeout)  # the timeout it reports; it lasts until reset()
         self._forced = True
         self._open_until = math.inf
+        if self._link is not None:
+            self._link.command = _FORCE_OPEN
+        self._arm_fast_paths()
         if old is not State.OPEN:
             self._emit_transition((old, State.OPEN))
 
     def reset(self) -> None:
-        """Back to CLOSED with every counter cleared."""
+        """Back to CLOSED with every counter cleared. With a store, as for force_open()."""
         self._refresh()
         old = self._state
         self._set_state(State.CLOSED)
         self._last_failure_time = None
+        if self._link is not None:
+            self._link.command = _RESET
         if old is not State.CLOSED:
             self._emit_transition((old, State.CLOSED))
 
@@ -318,7 +545,21 @@ class CircuitBreaker:
         transition = self._set_state(State.OPEN)
         self._open_timeout = timeout
         self._open_until = now + timeout
+        self._arm_fast_paths()
         return transition
+
+    def _arm_fast_paths(self) -> None:
+        """Set what the lock-free paths of call() and check() act on. Without a store, the
+        state itself. With one, never CLOSED (each call asks the store first), and OPEN
+        rejects alone only until the next sync is due, so a reset elsewhere is seen here."""
+        link = self._link
+        if link is None:
+            self._fast_state, self._fast_until = self._state, self._open_until
+        elif self._state is _OPEN:
+            self._fast_state = _OPEN
+            self._fast_until = min(self._open_until, link.next_sync)
+        else:
+            self._fast_state = None
 
     def _reopen_timeout(self) -> float:
         """The open timeout of the k-th consecutive re-open, k = self._reopens >= 1."""
@@ -344,6 +585,7 @@ class CircuitBreaker:
             self._forced = False
         else:
             self._failures = 0
+        self._arm_fast_paths()
         return old, new
 
     def _emit_transition(self, transition: tuple[State, State]) -> None:
@@ -368,14 +610,14 @@ class CircuitBreaker:
 class Guard:
     """The async context manager behind CircuitBreaker.guard()."""
 
-    __slots__ = ("_breaker", "_generation", "_probe", "_started")
+    __slots__ = ("_breaker", "_claim", "_generation", "_probe", "_started")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self._breaker = breaker
 
     async def __aenter__(self) -> None:
         breaker = self._breaker
-        self._generation, self._probe = await breaker._admit()
+        self._generation, self._probe, self._claim = await breaker._admit()
         self._started = breaker._clock() if breaker._settles_every_call else 0.0
 
     async def __aexit__(
@@ -384,4 +626,11 @@ class Guard:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._breaker._settle(self._generation, self._probe, exc, self._started)
+        if self._claim is None:
+            self._breaker._settle(self._generation, self._probe, exc, self._started)
+        else:
+            # Awaits the store. A cancellation during that await leaves a probe's lease to
+            # run out (Sharing.probe_lease) instead of freeing it.
+            await self._breaker._settle_shared(
+                self._generation, self._probe, self._claim, exc, self._started
+            )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Annotated
 
@@ -50,6 +51,13 @@ def breaker_snapshot(snapshot: Snapshot) -> BreakerSnapshot:
     )
 
 
+async def refreshed(breakers: tuple[CircuitBreaker, ...]) -> tuple[CircuitBreaker, ...]:
+    """`breakers`, each brought up to date with the state it shares with the other processes
+    (and a force-open or reset given here written there)."""
+    await asyncio.gather(*(breaker.refresh() for breaker in breakers))
+    return breakers
+
+
 def breaker_status(breakers: tuple[CircuitBreaker, ...]) -> BreakerStatus:
     snapshots = [b.snapshot() for b in breakers]
     worst = max(snapshots, key=lambda s: (SEVERITY[s.state], s.retry_after))
@@ -70,7 +78,7 @@ def selected(breakers: tuple[CircuitBreaker, ...], name: str | None) -> list[Cir
 @router.get("/circuit-breaker", response_model=BreakerStatus)
 async def breaker_state(breakers: BreakersDep) -> BreakerStatus:
     """The most severe breaker's state at the top level; every breaker in `breakers`."""
-    return breaker_status(breakers)
+    return breaker_status(await refreshed(breakers))
 
 
 @router.post(
@@ -80,10 +88,11 @@ async def breaker_state(breakers: BreakersDep) -> BreakerStatus:
     responses=ADMIN_ERRORS,
 )
 async def force_open(breakers: BreakersDep, breaker: BreakerName = None) -> BreakerStatus:
-    """Open the breakers (or the one named) and keep them open until reset (admin)."""
+    """Open the breakers (or the one named) and keep them open until reset (admin), in every
+    process sharing their state."""
     for chosen in selected(breakers, breaker):
         chosen.force_open()
-    return breaker_status(breakers)
+    return breaker_status(await refreshed(breakers))
 
 
 @router.post(
@@ -93,7 +102,8 @@ async def force_open(breakers: BreakersDep, breaker: BreakerName = None) -> Brea
     responses=ADMIN_ERRORS,
 )
 async def reset(breakers: BreakersDep, breaker: BreakerName = None) -> BreakerStatus:
-    """Close the breakers (or the one named) and clear their counters (admin)."""
+    """Close the breakers (or the one named) and clear their counters (admin), in every
+    process sharing their state."""
     for chosen in selected(breakers, breaker):
         chosen.reset()
-    return breaker_status(breakers)
+    return breaker_status(await refreshed(breakers))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from fastapi import APIRouter, Request, Response
@@ -32,4 +33,6 @@ async def readyz(request: Request) -> dict[str, str] | JSONResponse:
 async def metrics(resources: ResourcesDep) -> Response:
     with contextlib.suppress(Throttled):  # the store is down: the gauges keep their last value
         await resources.limits.status()  # refreshes the quota gauges
+    # The breakers' state as shared with the other processes (a store outage: their own).
+    await asyncio.gather(*(breaker.refresh() for breaker in resources.breakers))
     return Response(resources.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

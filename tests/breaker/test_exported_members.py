@@ -17,6 +17,8 @@ PUBLIC_NAMES = {
     "Guard",
     "Listener",
     "Outcome",
+    "SharedStore",
+    "Sharing",
     "Snapshot",
     "State",
     "count_every_exception",
