@@ -116,7 +116,7 @@ def build_resources(
     )
 
 
-def breaker_sharing(settings: Settings, state: SharedState, key: str, name: str) -> Sharing:
+def breaker_sharing(settings: Settings, state: ObservedState, key: str, name: str) -> Sharing:
     """One breaker state per breaker name and API key (its digest) for every process using
     them; two deployments with different keys sharing a store never mix."""
     return Sharing(

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.simulator import FaultMode
-from tests.servers import ServerPool, ServerProcess, SimulatorControl, async_http_client
+from tests.helpers import BREAKER_STATE, SimulatorControl, scrape
+from tests.redis_server import RedisServer
+from tests.servers import ServerPool, ServerProcess, async_http_client
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +33,13 @@ REPLICAS = 3
 _symbols = (f"S{n}" for n in itertools.count(1))  # never cached: each miss goes upstream
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 def shared_state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The STATE_URL every replica shares (one store kind per parameter)."""
-    kind: str = request.param
-    assert kind == "sqlite"
-    return f"sqlite:///{tmp_path}/state.db"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
 
 
 class Replicas:
@@ -48,7 +50,7 @@ class Replicas:
         self.simulator = simulator
 
     async def upstream_calls(self) -> int:
-        return sum((await self.simulator.calls()).values())
+        return await self.simulator.total_calls()
 
     async def statuses(self, api: httpx.AsyncClient, count: int = 1) -> list[int]:
         """`count` concurrent misses on one replica; their statuses."""
@@ -64,12 +66,7 @@ class Replicas:
     @staticmethod
     async def _reported_state(api: httpx.AsyncClient) -> tuple[str, float]:
         state: str = (await api.get("/circuit-breaker")).json()["state"]
-        exposition = (await api.get("/metrics")).text
-        for family in text_string_to_metric_families(exposition):
-            if family.name == "stock_api_circuit_breaker_state":
-                (sample,) = family.samples
-                return state, sample.value
-        raise AssertionError("no stock_api_circuit_breaker_state in /metrics")
+        return state, (await scrape(api)).value(BREAKER_STATE, breaker="alphavantage")
 
 
 @pytest.fixture
