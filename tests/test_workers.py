@@ -35,8 +35,8 @@ pytestmark = pytest.mark.integration
 WORKERS = 2
 STARTUP_COMPLETE = '"msg": "Application startup complete."'
 REQUEST_ID_PREFIX = 16  # hex digits of a worker's own prefix
-ROUNDS = 10  # of concurrent requests, to reach every worker; each round reaches one or more
-ROUND_SIZE = 8
+ROUNDS = 50  # of concurrent requests, to reach every worker: on a busy machine one may take all
+ROUND_SIZE = 16
 STOCK_ROUTE = "/stock/{symbol}"
 _symbols = (f"W{n}" for n in itertools.count(1))
 
