@@ -175,7 +175,7 @@ async def main() -> None:
     # So do waits for another replica's flight (polls of the shared tier).
     runs = [(config, 1) for config in CONFIGS] + [(config, 3) for config in CONFIGS[3:5]]
     with (
-        mock.patch("app.limits.asyncio.sleep", no_sleep),
+        mock.patch("app.limits._upstream.asyncio.sleep", no_sleep),
         mock.patch("app.shared_cache.asyncio.sleep", no_sleep),
     ):
         for config, replicas in runs:

@@ -144,3 +144,13 @@ def redis_server_with_password(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A STATE_URL for the processes of a test to share: a SQLite file, or a real
+    redis-server of the test's own."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/shared-state.db"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url

@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from app.simulator import FaultMode
 from tests.helpers import BREAKER_STATE, SimulatorControl, scrape
-from tests.redis_server import RedisServer
 from tests.servers import ServerPool, ServerProcess, async_http_client
 
 pytestmark = pytest.mark.integration
@@ -31,15 +29,6 @@ SETTINGS = {
 }
 REPLICAS = 3
 _symbols = (f"S{n}" for n in itertools.count(1))  # never cached: each miss goes upstream
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def shared_state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The STATE_URL every replica shares (one store kind per parameter)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/state.db"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 class Replicas:

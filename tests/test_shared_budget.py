@@ -9,14 +9,12 @@ import itertools
 import signal
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 import httpx
 import pytest
 
 from app.simulator import FaultMode
 from tests.helpers import SimulatorControl
-from tests.redis_server import RedisServer
 from tests.servers import ServerPool, ServerProcess, async_http_client
 
 pytestmark = pytest.mark.integration
@@ -27,15 +25,6 @@ SETTINGS = {
     "SHUTDOWN_DRAIN_SECONDS": "0",
 }
 _serial = itertools.count(1)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The store the processes of a test share."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/shared-state.db"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 def start_services(
@@ -67,11 +56,11 @@ async def quota_used(service: ServerProcess) -> int:
 
 
 async def test_two_processes_and_a_restart_spend_one_budget(
-    servers: ServerPool, state_url: str
+    servers: ServerPool, shared_state_url: str
 ) -> None:
     """Each process used to spend its own 3, and a restarted one its 3 again: 9 calls."""
     simulator = servers.start_simulator()
-    shared = {"UPSTREAM_DAILY_QUOTA": "3", "STATE_URL": state_url}
+    shared = {"UPSTREAM_DAILY_QUOTA": "3", "STATE_URL": shared_state_url}
     first, second = start_services(servers, simulator, 2, **shared)
 
     statuses = await get_misses([first], 2) + await get_misses([second], 2)
@@ -85,10 +74,12 @@ async def test_two_processes_and_a_restart_spend_one_budget(
 
 
 async def test_processes_racing_for_the_last_units_spend_exactly_the_limit(
-    servers: ServerPool, state_url: str
+    servers: ServerPool, shared_state_url: str
 ) -> None:
     simulator = servers.start_simulator()
-    services = start_services(servers, simulator, 3, UPSTREAM_DAILY_QUOTA="10", STATE_URL=state_url)
+    services = start_services(
+        servers, simulator, 3, UPSTREAM_DAILY_QUOTA="10", STATE_URL=shared_state_url
+    )
     statuses = await get_misses(services, 12)  # 36 concurrent misses for 10 units
     assert statuses.count(200) == 10
     assert statuses.count(503) == 26
@@ -96,12 +87,12 @@ async def test_processes_racing_for_the_last_units_spend_exactly_the_limit(
 
 
 async def test_a_call_made_by_a_process_killed_mid_flight_stays_counted(
-    servers: ServerPool, state_url: str
+    servers: ServerPool, shared_state_url: str
 ) -> None:
     simulator = servers.start_simulator()
     async with async_http_client(simulator.url) as client:
         await SimulatorControl(client).set_fault(FaultMode.SLOW, delay_seconds=5)
-    shared = {"UPSTREAM_DAILY_QUOTA": "3", "STATE_URL": state_url}
+    shared = {"UPSTREAM_DAILY_QUOTA": "3", "STATE_URL": shared_state_url}
     (doomed,) = start_services(servers, simulator, 1, **shared)
 
     async with async_http_client(doomed.url) as api:
@@ -119,13 +110,13 @@ async def test_a_call_made_by_a_process_killed_mid_flight_stays_counted(
 
 
 async def test_concurrent_misses_for_one_symbol_on_three_processes_make_one_call(
-    servers: ServerPool, state_url: str
+    servers: ServerPool, shared_state_url: str
 ) -> None:
     simulator = servers.start_simulator()
     async with async_http_client(simulator.url) as client:
         # Slow enough that all 50 misses arrive while the one call is under way.
         await SimulatorControl(client).set_fault(FaultMode.SLOW, delay_seconds=0.5)
-    services = start_services(servers, simulator, 3, STATE_URL=state_url)
+    services = start_services(servers, simulator, 3, STATE_URL=shared_state_url)
 
     async def ask(service: ServerProcess) -> tuple[int, str]:
         async with async_http_client(service.url) as api:
@@ -140,10 +131,10 @@ async def test_concurrent_misses_for_one_symbol_on_three_processes_make_one_call
 
 
 async def test_a_value_fetched_by_one_process_is_served_by_the_others(
-    servers: ServerPool, state_url: str
+    servers: ServerPool, shared_state_url: str
 ) -> None:
     simulator = servers.start_simulator()
-    first, second = start_services(servers, simulator, 2, STATE_URL=state_url)
+    first, second = start_services(servers, simulator, 2, STATE_URL=shared_state_url)
     async with async_http_client(first.url) as api:
         fetched = (await api.get("/stock/IBM/quote")).json()
     async with async_http_client(second.url) as api:
