@@ -1,9 +1,10 @@
 """`make bench-outage`: upstream calls an outage costs before every replica's breaker is open.
 
 Starts the simulator, broken (`down`), and 1, then 3, service processes sharing one SQLite
-state store on 127.0.0.1; sends cache misses round-robin until every replica's
-/circuit-breaker says open, and counts the calls that reached the simulator. Each failed call
-is a unit of a free key's 25 a day. Prints one table; stops what it started.
+state store on 127.0.0.1 (and, for comparison, 3 with a store each, as before the store);
+sends cache misses round-robin until every replica's /circuit-breaker says open, and counts
+the calls that reached the simulator. Each failed call is a unit of a free key's 25 a day.
+Prints one table; stops what it started.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from bench.stress import HOST, serve, serve_simulator, service_env
 MAX_REQUESTS = 100  # a bound, should the breakers never open
 
 
-def outage_cost(replicas: int, logs: Path) -> tuple[int, int]:
+def outage_cost(replicas: int, shared: bool, logs: Path) -> tuple[int, int]:
     """(upstream calls, requests sent) until every replica's breaker is open."""
-    run = logs / f"replicas-{replicas}"
+    run = logs / f"replicas-{replicas}-{'shared' if shared else 'apart'}"
     run.mkdir()
     uvicorn = ["-m", "uvicorn", "--host", HOST, "--port", "{port}", "--no-access-log"]
     with contextlib.ExitStack() as stack:
         simulator = stack.enter_context(serve_simulator(run))
         httpx.post(simulator.url + "/_faults", json={"mode": "down"}).raise_for_status()
-        env = service_env(simulator, STATE_URL=f"sqlite:///{run}/state.db")
+        state_url = f"sqlite:///{run}/state.db" if shared else "memory://"
+        env = service_env(simulator, STATE_URL=state_url)
         services = [
             stack.enter_context(
                 serve([*uvicorn, "app.main:app"], env, run / f"s{n}.log", "/healthz")
@@ -53,11 +55,12 @@ def main() -> None:
     print("make bench-outage: simulator down, misses round-robin until every breaker is open")
     print(f"(BREAKER_FAILURE_THRESHOLD 5, one SQLite store shared; logs in {logs})")
     print()
-    print("| replicas | upstream calls until all open | requests sent |")
-    print("| ---: | ---: | ---: |")
-    for replicas in (1, 3):
-        calls, sent = outage_cost(replicas, logs)
-        print(f"| {replicas} | {calls} | {sent} |")
+    print("| replicas | state store | upstream calls until all open | requests sent |")
+    print("| ---: | --- | ---: | ---: |")
+    for replicas, shared in ((1, True), (3, True), (3, False)):
+        calls, sent = outage_cost(replicas, shared, logs)
+        store = "one SQLite file" if shared else "memory://, one each"
+        print(f"| {replicas} | {store} | {calls} | {sent} |")
 
 
 if __name__ == "__main__":

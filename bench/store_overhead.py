@@ -26,6 +26,7 @@ from bench.stress import (
     HOST,
     LOAD_CPU,
     PATH,
+    Result,
     free_port,
     serve,
     serve_simulator,
@@ -62,42 +63,56 @@ def miss_latencies(url: str, count: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=10, help="of wrk per store")
+    parser.add_argument("--seconds", type=int, default=5, help="of wrk per store and round")
+    parser.add_argument("--rounds", type=int, default=3, help="of hits, the stores in turn")
     parser.add_argument("--misses", type=int, default=200, help="per store")
     options = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-store-"))
     uvicorn = ["-m", "uvicorn", "--host", HOST, "--port", "{port}", "--no-access-log"]
-    rows = []
-    with serve_simulator(logs) as simulator, redis_server(logs) as redis_url:
+    with (
+        serve_simulator(logs) as simulator,
+        redis_server(logs) as redis_url,
+        contextlib.ExitStack() as stack,
+    ):
         stores = {
             "memory://": "memory://",
             "sqlite (default)": f"sqlite:///{logs}/state.db",
             "redis": redis_url,
         }
+        services = {}
         for name, state_url in stores.items():
             # The ledger on (a quota no run reaches), pacing off: a miss does all its store
             # operations and never waits for a paced turn.
             env = service_env(simulator, STATE_URL=state_url, UPSTREAM_DAILY_QUOTA="1000000")
             log = logs / f"service-{name.split()[0].strip(':/')}.log"
-            with serve([*uvicorn, "app.main:app"], env, log, "/healthz") as service:
-                httpx.get(service.url + PATH).raise_for_status()
-                hits = wrk(f"hits {name}", service.url + PATH, options.seconds, 64)
-                misses = miss_latencies(service.url, options.misses)
-            rows.append((name, hits.rps, hits.p99_ms, statistics.median(misses), misses))
+            services[name] = stack.enter_context(
+                serve([*uvicorn, "app.main:app"], env, log, "/healthz")
+            )
+            httpx.get(services[name].url + PATH).raise_for_status()
+        # Rounds with the stores in turn, the best of each: the machine's moods hit them all.
+        hits: dict[str, list[Result]] = {name: [] for name in stores}
+        for _ in range(options.rounds):
+            for name, service in services.items():
+                hits[name].append(wrk(f"hits {name}", service.url + PATH, options.seconds, 64))
+        misses = {name: miss_latencies(s.url, options.misses) for name, s in services.items()}
 
-    memory_rps, memory_miss = rows[0][1], rows[0][3]
-    print(f"make bench-store: wrk -t1 -c64 -d{options.seconds}s on hits, then")
-    print(f"{options.misses} misses one at a time, per store; logs in {logs}")
+    best = {name: max(results, key=lambda r: r.rps) for name, results in hits.items()}
+    memory_rps = best["memory://"].rps
+    memory_miss = statistics.median(misses["memory://"])
+    print(f"make bench-store: wrk -t1 -c64 -d{options.seconds}s on hits, best of")
+    print(f"{options.rounds} rounds, then {options.misses} misses one at a time; logs in {logs}")
     print()
     print(
         "| store | hits req/s | vs memory | hit p99 ms | miss p50 ms | miss p90 ms | store adds |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, rps, p99, miss_p50, misses in rows:
-        p90 = statistics.quantiles(misses, n=10)[-1]
+    for name in stores:
+        median = statistics.median(misses[name])
+        p90 = statistics.quantiles(misses[name], n=10)[-1]
         print(
-            f"| {name} | {rps:,.0f} | {rps / memory_rps:.0%} | {p99:.2f} | {miss_p50:.2f} | "
-            f"{p90:.2f} | {miss_p50 - memory_miss:+.2f} ms |"
+            f"| {name} | {best[name].rps:,.0f} | {best[name].rps / memory_rps:.0%} | "
+            f"{best[name].p99_ms:.2f} | {median:.2f} | {p90:.2f} | "
+            f"{median - memory_miss:+.2f} ms |"
         )
 
 
