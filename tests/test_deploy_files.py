@@ -96,6 +96,20 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
     assert user not in {"root", "0"}
 
 
+def test_dockerfile_keeps_the_state_store_on_a_volume_the_user_can_write() -> None:
+    """So that the image runs --read-only apart from that volume, and a restart keeps the
+    budget."""
+    runtime = dockerfile_stages()[-1]
+    (volume,) = arguments(runtime, "VOLUME")
+    (env,) = [args for args in arguments(runtime, "ENV") if args.startswith("STATE_URL=")]
+    (workdir,) = arguments(runtime, "WORKDIR")
+    state_file = Path(workdir) / env.removeprefix("STATE_URL=sqlite:///")
+    assert state_file.parent == Path(volume)
+    assert any(
+        f"chown 10001:10001 {state_file.parent.name}" in args for args in arguments(runtime, "RUN")
+    )
+
+
 def test_dockerfile_exposes_8080_and_checks_health_with_python() -> None:
     runtime = dockerfile_stages()[-1]
     assert APP_PORT in " ".join(arguments(runtime, "EXPOSE")).split()
@@ -414,6 +428,20 @@ def test_readme_docker_run_outlasts_drain_and_graceful_shutdown() -> None:
         timeout = re.search(r"--stop-timeout[ =](\d+)", run)
         assert timeout, f"{run}: --stop-timeout"
         assert int(timeout[1]) > graceful, run
+
+
+@pytest.mark.parametrize("profile", ["demo", "live"])
+def test_the_replicas_share_one_append_only_redis(
+    services: dict[str, dict[str, Any]], profile: str
+) -> None:
+    (name,) = [n for n, s in active(services, profile).items() if APP_NAME in network_names(n, s)]
+    service = services[name]
+    assert service["deploy"]["replicas"] == 3
+    assert service["environment"]["STATE_URL"] == "redis://redis:6379/0"
+    assert service["depends_on"]["redis"] == {"condition": "service_healthy"}
+    redis = services["redis"]
+    assert "--appendonly" in redis["command"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
 
 
 def test_every_service_restarts_unless_stopped(services: dict[str, dict[str, Any]]) -> None:
