@@ -2,7 +2,7 @@
 
     UpstreamError                 the base; `outcome` is the metric label for the failure
     ├── UnknownSymbol             Alpha Vantage does not know the symbol (neutral for the breaker)
-    ├── Throttled                 held back here, never sent: pacing, daily quota or bulkhead
+    ├── Throttled                 held back here, never sent: pacing, quota, bulkhead, store, flight
     ├── RateLimited               Alpha Vantage's per-second, per-minute or per-day limit, or
     │                             an HTTP 429: a throttle, not an outage (neutral for the breaker)
     └── UpstreamFailure           counts as a failure for the breaker
@@ -56,6 +56,11 @@ THROTTLE_REASONS = ("pacing", "quota", "bulkhead", "store", "flight")
 
 class StoreUnavailable(Exception):
     """The shared state store did not answer in time, or failed. Not an upstream error."""
+
+
+class StoreBusy(StoreUnavailable):
+    """The store is up, but this process has more operations queued for it than it can
+    finish in time: the operation is refused without marking the store down."""
 
 
 class UpstreamFailure(UpstreamError):

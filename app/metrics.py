@@ -143,7 +143,7 @@ class Metrics(Listener):
         )
         self.throttled_calls = Counter(
             "stock_api_upstream_throttled_calls_total",
-            "Upstream calls the service held back itself, by reason: pacing, quota, bulkhead.",
+            "Upstream calls the service held back itself, by reason (errors.THROTTLE_REASONS).",
             ["reason"],
             registry=self.registry,
         )
@@ -213,7 +213,8 @@ class Metrics(Listener):
     def _group_registry(self) -> CollectorRegistry | None:
         """In multiprocess mode, what a scrape reads: every worker's files, summed, and this
         worker's scrape-time gauges (the breaker states and the quota come from the shared
-        store, so one worker's view is the group's). None in a single process."""
+        store, so one worker's view is the group's; so does the store's own state, mostly).
+        None in a single process."""
         directory = os.environ.get(MULTIPROC_DIR)
         if directory is None:
             return None
@@ -221,6 +222,7 @@ class Metrics(Listener):
         MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         registry.register(self._states)
         registry.register(self._limits)
+        registry.register(self._store)  # whether this worker reaches the store
         return registry
 
     def watch(self, breaker: CircuitBreaker) -> None:

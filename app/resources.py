@@ -46,10 +46,17 @@ def upstream_connections(settings: Settings) -> int:
     return settings.upstream_max_concurrency * lanes
 
 
+# Bumped when a shared document's shape changes: processes of two versions sharing a store
+# (a rolling deploy) then keep apart instead of misreading each other's documents.
+STATE_VERSION = 1
+
+
 def key_digest(api_key: SecretStr) -> str:
-    """Names the key's shared state: the same for every process using the key, different
-    for another key, and no use to anyone who reads the store."""
-    return hashlib.sha256(api_key.get_secret_value().encode()).hexdigest()[:16]
+    """Names the key's shared state: the same for every process using the key (and this
+    version's documents), different for another key, and no use to anyone who reads the
+    store."""
+    digest = hashlib.sha256(api_key.get_secret_value().encode()).hexdigest()[:16]
+    return f"{digest}.v{STATE_VERSION}"
 
 
 def build_resources(
@@ -96,11 +103,14 @@ def build_resources(
     )
     shared = SharedCache(
         state,
-        namespace=key_digest(settings.alphavantage_api_key),
+        namespace=key,
         ttl=settings.cache_ttl_seconds,
         stale=settings.cache_stale_seconds,
-        # A holder that dies blocks the key no longer than its call could have taken.
-        lease_seconds=settings.upstream_timeout_seconds + settings.upstream_max_wait_seconds,
+        # A holder that dies blocks the key no longer than its call could take: the waits
+        # for a slot and a turn, the call, and the dozen store operations around it.
+        lease_seconds=settings.upstream_timeout_seconds
+        + settings.upstream_max_wait_seconds
+        + 12 * settings.state_timeout_seconds,
     )
     service = StockService(client, lanes, limits, cache, shared, metrics)
     return Resources(

@@ -6,6 +6,7 @@ and pacing (app/limits/), then the breaker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,7 +36,7 @@ class ServiceEvents(Protocol):
         """A lookup's result: "hit" (fresh), "miss" (goes upstream) or "stale" (served)."""
 
     def count_throttled(self, reason: str) -> None:
-        """A call held back, never sent: "pacing", "quota" or "bulkhead"."""
+        """A call held back, never sent: one of errors.THROTTLE_REASONS."""
 
     def observe_upstream(self, function: str, outcome: str, seconds: float) -> None:
         """A call made upstream, its outcome (errors.OUTCOMES) and how long it took."""
@@ -98,10 +99,23 @@ class StockService:
                 key, lambda: self._fetch(key, lane, fetch, kind)
             )
         except FAILURES as exc:
-            if hit is None:
-                raise
-            value, source = self._stale(key, hit.value, exc)
+            if hit is not None:
+                value, source = self._stale(key, hit.value, exc)
+            else:
+                # No copy here, but another process may have one: an open breaker is
+                # checked before the flight, which is where the shared tier is read.
+                value, source = await self._shared_copy_or_raise(key, kind, exc)
         return self._of_kind(kind, value), source
+
+    async def _shared_copy_or_raise(
+        self, key: Key, kind: type[T], error: Exception
+    ) -> tuple[DailySeries | Quote, Source]:
+        shared = await self._shared.get(":".join(key))
+        if shared is not None and shared.fresh:
+            value = kind.model_validate(shared.value)
+            self._cache.put(key, value, age=shared.age)
+            return value, "cache"
+        return self._stale_or_raise(key, kind, shared, error)
 
     async def _fetch(
         self, key: Key, lane: Lane, fetch: Callable[[str], Awaitable[T]], kind: type[T]
@@ -139,6 +153,13 @@ class StockService:
         kind: type[T],
         shared: SharedHit | None,
     ) -> tuple[DailySeries | Quote, Source]:
+        landed = await self._shared.get(name)
+        if landed is not None and landed.fresh:
+            # Another process's flight landed between our look and our lease: use it.
+            await self._shared.release(name)
+            value = kind.model_validate(landed.value)
+            self._cache.put(key, value, age=landed.age)
+            return value, "cache"
         try:
             value = await self._call(key, lane, fetch)
         except FAILURES as exc:
@@ -191,16 +212,19 @@ class StockService:
             value = await fetch(symbol)
         except UpstreamError as exc:
             outcome = exc.outcome
-            if isinstance(exc, RateLimited):
-                # Retry-After says when this service will call again, which may be later
-                # than the period named (a per-day answer blocks until the window frees up).
-                exc.retry_after = await self._limits.limit_reached(exc.period, exc.retry_after)
             if isinstance(exc, UpstreamFailure | RateLimited):
                 logger.warning(
                     "upstream call failed: %s",
                     exc.detail,
                     extra={"function": function, "symbol": symbol, "outcome": outcome},
                 )
+            if isinstance(exc, RateLimited):
+                # Retry-After says when this service will call again, which may be later
+                # than the period named (a per-day answer blocks until the window frees up).
+                # With the store down the pause cannot be kept: the answer's own period
+                # stands, and no call is made meanwhile anyway (the ledger is unreachable).
+                with contextlib.suppress(Throttled):
+                    exc.retry_after = await self._limits.limit_reached(exc.period, exc.retry_after)
             raise
         except asyncio.CancelledError:
             outcome = "cancelled"

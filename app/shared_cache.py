@@ -65,8 +65,8 @@ class SharedCache:
 
     async def get(self, key: str) -> SharedHit | None:
         def read(document: Document, now: float) -> tuple[Document, SharedHit | None]:
-            if document is None:
-                return document, None
+            if not isinstance(document, dict) or "fetched_at" not in document:
+                return document, None  # nothing, or not a document of ours: a miss
             age = max(0.0, now - document["fetched_at"])
             return document, SharedHit(document["value"], age, age < self._ttl)
 
@@ -107,7 +107,9 @@ class SharedCache:
             if hit is not None and hit.fresh:
                 return hit
             if await self._lease_gone(key):
-                return None
+                # The holder writes its value before it lets the lease go: look once more.
+                hit = await self.get(key)
+                return hit if hit is not None and hit.fresh else None
         return None
 
     async def _lease_gone(self, key: str) -> bool:

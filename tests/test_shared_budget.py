@@ -142,3 +142,24 @@ async def test_a_value_fetched_by_one_process_is_served_by_the_others(
     assert fetched["source"] == "upstream"
     assert served == {**fetched, "source": "cache"}
     assert await upstream_calls(simulator) == 1
+
+
+async def test_with_the_breaker_open_a_copy_from_another_process_is_served(
+    servers: ServerPool, shared_state_url: str
+) -> None:
+    simulator = servers.start_simulator()
+    first, second = start_services(
+        servers, simulator, 2, STATE_URL=shared_state_url, ADMIN_TOKEN="shared-admin"
+    )
+    async with async_http_client(first.url) as api:
+        assert (await api.get("/stock/IBM")).status_code == 200
+        opened = await api.post(
+            "/circuit-breaker/open", headers={"Authorization": "Bearer shared-admin"}
+        )
+        assert opened.status_code == 200
+    async with async_http_client(second.url) as api:
+        response = await api.get("/stock/IBM")  # nothing in its own cache; the breaker is open
+        assert response.status_code == 200, response.text
+        assert response.json()["source"] == "cache"
+        assert (await api.get("/stock/MSFT")).status_code == 503  # no copy anywhere
+    assert await upstream_calls(simulator) == 1

@@ -129,6 +129,8 @@ async def test_any_workers_metrics_count_the_whole_groups_requests(
     # Each worker writes its own files; whichever answers a scrape reads them all.
     assert len(counter_files(tmp_path)) == WORKERS
     assert {stock_requests(scrape.text) for scrape in scrapes} == {len(sent)}
+    # The store's own gauge too, for StateStoreDown.
+    assert all("\nstock_api_state_store_up 1.0" in scrape.text for scrape in scrapes)
 
 
 def counter_files(tmp_dir: Path) -> list[Path]:

@@ -136,6 +136,7 @@ class UpstreamLimits:
 
         def change(state: State, now: float) -> tuple[State, R]:
             quota = DailyQuota.load(limit, window, lambda: now, state)
+            self.last_quota = quota.status()  # before `use`, which raises when it is spent
             result = use(quota)
             self.last_quota = quota.status()
             return quota.dump(), result

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from app.errors import StoreUnavailable
+from app.errors import StoreBusy, StoreUnavailable
 from app.limits import State
 
 logger = logging.getLogger("app.state")
@@ -69,6 +69,9 @@ class ObservedState:
         started = time.perf_counter()
         try:
             result = await self.store.update(key, change, keep_for)
+        except StoreBusy:
+            self._events.store_operation(time.perf_counter() - started, ok=False)
+            raise
         except StoreUnavailable as exc:
             self._events.store_operation(time.perf_counter() - started, ok=False)
             if self.up:

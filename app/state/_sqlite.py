@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from app.errors import StoreUnavailable
+from app.errors import StoreBusy, StoreUnavailable
 from app.limits import State
 
 R = TypeVar("R")
@@ -45,10 +46,28 @@ class SqliteState:
         keep_for: float | None = None,
     ) -> R:
         loop = asyncio.get_running_loop()
+        started_at = ended_at = math.inf
+
+        def job() -> R:
+            nonlocal started_at, ended_at
+            started_at = time.monotonic()
+            try:
+                return self._update(key, change, keep_for)
+            finally:
+                ended_at = time.monotonic()
+
         try:
             async with asyncio.timeout(self._timeout):
-                return await loop.run_in_executor(self._thread, self._update, key, change, keep_for)
-        except (TimeoutError, sqlite3.Error, OSError) as exc:
+                return await loop.run_in_executor(self._thread, job)
+        except TimeoutError:
+            ran_for = min(ended_at, time.monotonic()) - started_at
+            if ran_for < self._timeout:
+                # Queued behind this process's other operations, or done but not yet seen
+                # by a loop this busy: a burst, not an outage. Refused all the same, so that
+                # nothing waits past the timeout.
+                raise StoreBusy(f"SQLite {self._path}: too many operations queued") from None
+            raise StoreUnavailable(f"SQLite {self._path}: TimeoutError") from None
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"SQLite {self._path}: {type(exc).__name__}: {exc}") from None
 
     async def aclose(self) -> None:

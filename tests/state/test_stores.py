@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import StoreUnavailable
+from app.errors import StoreBusy, StoreUnavailable
 from app.limits import State
 from app.state import (
     MemoryState,
+    ObservedState,
     RedisState,
     SqliteState,
     check_state_url,
@@ -203,3 +204,26 @@ def test_redis_options_in_the_url_are_refused() -> None:
 )
 def test_describe_masks_the_password(url: str, shown: str) -> None:
     assert describe(url) == shown
+
+
+async def test_a_burst_queued_past_the_timeout_is_busy_not_down(tmp_path: Path) -> None:
+    """Operations waiting their turn on the SQLite thread are refused as busy: the store is
+    not marked down. (A busy one may have run: its result came too late.)"""
+
+    class Events:
+        def store_operation(self, seconds: float, ok: bool) -> None:
+            pass
+
+    store = ObservedState(SqliteState(str(tmp_path / "state.db"), 0.25), Events())
+    try:
+        outcomes = await asyncio.gather(
+            *(store.update("counter", increment) for _ in range(4000)), return_exceptions=True
+        )
+    finally:
+        await store.aclose()
+    busy = [o for o in outcomes if isinstance(o, StoreBusy)]
+    counted = sorted(o for o in outcomes if isinstance(o, int))
+    assert busy, "4000 operations at once should outrun a 0.25 s timeout"
+    assert len(busy) + len(counted) == 4000
+    assert len(set(counted)) == len(counted)  # each increment counted once
+    assert store.up
