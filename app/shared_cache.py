@@ -107,7 +107,10 @@ class SharedCache:
             if hit is not None and hit.fresh:
                 return hit
             if await self._lease_gone(key):
-                return None
+                # The holder puts its value before it lets the lease go: a flight that landed
+                # between the two reads above is there now, and must not be fetched again.
+                hit = await self.get(key)
+                return hit if hit is not None and hit.fresh else None
         return None
 
     async def _lease_gone(self, key: str) -> bool:
