@@ -7,6 +7,8 @@ one /metrics (app/workers.py); they need a store processes share, not STATE_URL=
 With `--simulator-port N` (what `make run` passes) and no ALPHAVANTAGE_API_KEY, it also starts
 the built-in Alpha Vantage simulator on that port and points the service at it, so a fresh
 clone runs with no account. Without it, a missing key is an error, as it is in production.
+
+`python -m app consumers add|list|revoke ...` manages the consumers instead (app/cli.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 
 import uvicorn
 
+from app import cli
 from app.logs import configure_logging
 from app.main import create_app
 from app.settings import SIMULATOR_DEFAULTS, ConfigError, MissingApiKey, load_settings
@@ -48,6 +51,8 @@ def start_simulator(host: str, port: int) -> subprocess.Popen[bytes]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["consumers"]:
+        raise SystemExit(cli.main(sys.argv[2:]))
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)

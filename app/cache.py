@@ -74,6 +74,10 @@ class SingleFlight(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._flights)
 
+    def __contains__(self, key: K) -> bool:
+        """Whether a call for `key` is under way: a `run` for it now joins that call."""
+        return key in self._flights
+
     async def run(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
         task = self._flights.get(key)
         if task is None:

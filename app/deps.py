@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the shared objects the lifespan built, and the admin check."""
+"""FastAPI dependencies: the shared objects the lifespan built, the consumer a request comes
+from, and the admin check."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.breaker import CircuitBreaker
+from app.consumers import Consumer
+from app.errors import ConsumerThrottled
 from app.resources import Resources
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` one in a worker thread,
@@ -30,6 +33,35 @@ async def get_breakers(resources: ResourcesDep) -> tuple[CircuitBreaker, ...]:
 BreakersDep = Annotated[tuple[CircuitBreaker, ...], Depends(get_breakers)]
 
 _bearer = HTTPBearer(auto_error=False)
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if there is one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def authenticate(resources: Resources, token: str | None) -> Consumer | None:
+    """The consumer `token` names, its request counted against its rate; None while no
+    consumer is configured (the service is open). Raises Unauthorized (401), ConsumerThrottled
+    (429) or, if the store has never answered this process, Throttled (503). For any route
+    that serves consumers: the gateway passes its `apikey=` here."""
+    consumer = await resources.consumers.authenticate(token)
+    if consumer is not None:
+        try:
+            await resources.consumer_limits.admit_request(consumer)
+        except ConsumerThrottled as exc:
+            resources.metrics.count_consumer_throttled(consumer.name, exc.reason)
+            raise
+    return consumer
+
+
+async def get_consumer(request: Request) -> Consumer | None:
+    """`authenticate` with the request's bearer token."""
+    return await authenticate(await get_resources(request), bearer_token(request))
+
+
+ConsumerDep = Annotated[Consumer | None, Depends(get_consumer)]
 
 
 async def require_admin(

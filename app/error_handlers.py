@@ -9,8 +9,10 @@ from fastapi.responses import JSONResponse
 
 from app.breaker import CircuitOpenError
 from app.errors import (
+    ConsumerThrottled,
     RateLimited,
     Throttled,
+    Unauthorized,
     UnknownSymbol,
     UpstreamError,
     UpstreamTimeout,
@@ -35,6 +37,12 @@ def add_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, UnknownSymbol):
             symbol = str(request.path_params.get("symbol", "")).upper()
             return JSONResponse({"detail": f"unknown symbol: {symbol}"}, status_code=404)
+        if isinstance(exc, ConsumerThrottled):  # the caller must slow down, not the service
+            return JSONResponse(
+                {"detail": exc.detail},
+                status_code=429,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
         if isinstance(exc, RateLimited | Throttled):
             return JSONResponse(
                 {"detail": exc.detail},
@@ -43,6 +51,12 @@ def add_error_handlers(app: FastAPI) -> None:
             )
         status_code = 504 if isinstance(exc, UpstreamTimeout) else 502
         return JSONResponse({"detail": exc.detail}, status_code=status_code)
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
 
     @app.exception_handler(CircuitOpenError)
     async def breaker_open(request: Request, exc: CircuitOpenError) -> JSONResponse:

@@ -49,9 +49,20 @@ class Throttled(UpstreamError):
         self.retry_after = retry_after
 
 
+class ConsumerThrottled(Throttled):
+    """A consumer went over its own limits (app/consumers.py): answered 429, not 503, since
+    the service is well and only this caller must slow down. `reason` is "consumer_budget"
+    (its calls a day) or "consumer_rate" (its requests a second)."""
+
+
 # "store": the shared state store did not answer, so the budget could not be checked;
-# "flight": another process's call for the same data did not land within the wait allowed.
-THROTTLE_REASONS = ("pacing", "quota", "bulkhead", "store", "flight")
+# "flight": another process's call for the same data did not land within the wait allowed;
+# "consumer_budget": the consumer whose miss it was has spent its calls for the day.
+THROTTLE_REASONS = ("pacing", "quota", "bulkhead", "store", "flight", "consumer_budget")
+
+
+class Unauthorized(Exception):
+    """No consumer token, or one that names no consumer (never revealed which): 401."""
 
 
 class StoreUnavailable(Exception):

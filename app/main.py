@@ -14,16 +14,31 @@ from fastapi.routing import APIRoute
 
 from app import alphavantage
 from app.error_handlers import add_error_handlers
+from app.errors import StoreUnavailable
 from app.lifecycle import ReadSettingsFirst, drain_on_sigterm
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
-from app.resources import build_resources, upstream_connections
-from app.routes import circuit_breaker, ops, stock, upstream
+from app.resources import Resources, build_resources, upstream_connections
+from app.routes import circuit_breaker, consumers, ops, stock, upstream
 from app.settings import Settings, load_settings
 from app.state import ObservedState, describe, open_state
 
 logger = logging.getLogger(__name__)
+
+
+async def access_mode(resources: Resources) -> str:
+    """What the startup line says about who may call /stock."""
+    try:
+        count = len(await resources.consumers.all())
+    except StoreUnavailable:
+        return "unknown: the state store does not answer (until it does, /stock answers 503)"
+    if count == 0:
+        return (
+            "open: no consumer is configured, so anyone may call /stock (a demo; in "
+            "production create consumers: python -m app consumers add NAME)"
+        )
+    return f"bearer token required: {count} consumer(s)"
 
 
 def create_app(
@@ -69,6 +84,7 @@ def create_app(
             logger.info(
                 "started",
                 extra={
+                    "access": await access_mode(app.state.resources),
                     "upstream": resolved.alphavantage_base_url,
                     "state": describe(resolved.state_url.get_secret_value()),
                     "breakers": [b.name for b in app.state.resources.breakers],
@@ -87,7 +103,13 @@ def create_app(
         summary="Stock prices from Alpha Vantage behind a circuit breaker",
         lifespan=lifespan,
     )
-    for router in (stock.router, circuit_breaker.router, upstream.router, ops.router):
+    for router in (
+        stock.router,
+        consumers.router,
+        circuit_breaker.router,
+        upstream.router,
+        ops.router,
+    ):
         app.include_router(router)
     get_routes = [
         r.path for r in app.routes if isinstance(r, APIRoute) and "GET" in (r.methods or ())

@@ -6,7 +6,9 @@ that directory, and a scrape answered by any worker sums the group's files; the 
 computed at scrape time come from the answering worker (see Metrics.exposition).
 
 No label ever carries a symbol or a raw path: routes are templates, upstream calls are named by
-function, and every known label value exists from startup.
+function, and every known label value exists from startup. The `consumer` label takes only
+configured consumer names (app/consumers.py), plus "anonymous", so its values stay bounded;
+a consumer's series appear with its first call or throttle.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.breaker import CircuitBreaker, CircuitOpenError, Listener, State
+from app.consumers import ANONYMOUS
 from app.errors import OUTCOMES, THROTTLE_REASONS
 from app.limits import Bulkhead, UpstreamLimits
 from app.state import ObservedState
@@ -147,6 +150,19 @@ class Metrics(Listener):
             ["reason"],
             registry=self.registry,
         )
+        self.consumer_calls = Counter(
+            "stock_api_consumer_upstream_calls_total",
+            "Upstream calls charged to each consumer (anonymous: while none is configured).",
+            ["consumer"],
+            registry=self.registry,
+        )
+        self.consumer_throttled = Counter(
+            "stock_api_consumer_throttled_requests_total",
+            "Requests held to a consumer's own limits: consumer_budget (a miss past its calls "
+            "a day), consumer_rate (over its requests a second).",
+            ["consumer", "reason"],
+            registry=self.registry,
+        )
         # Set as slots are taken and given back; in a group of workers, the live workers' sum
         # (a worker that exits takes its share with it: see app.workers).
         self.calls_in_flight = Gauge(
@@ -201,6 +217,7 @@ class Metrics(Listener):
         self._throttled = {
             reason: self.throttled_calls.labels(reason) for reason in THROTTLE_REASONS
         }
+        self.consumer_calls.labels(ANONYMOUS)
         self._cache_requests = {
             (function, result): self.cache_requests.labels(function, result)
             for function in functions
@@ -268,6 +285,12 @@ class Metrics(Listener):
 
     def count_cache(self, function: str, result: str) -> None:
         self._cache_requests[function, result].inc()
+
+    def count_consumer_call(self, consumer: str) -> None:
+        self.consumer_calls.labels(consumer).inc()
+
+    def count_consumer_throttled(self, consumer: str, reason: str) -> None:
+        self.consumer_throttled.labels(consumer, reason).inc()
 
     # -- StoreEvents ---------------------------------------------------------------------
 

@@ -138,5 +138,19 @@ class UpstreamStatus(BaseModel):
     bulkheads: list[BulkheadStatus]
 
 
+class ConsumerUsage(BaseModel):
+    """A consumer's own limits and what it has spent (never its token or the token's hash)."""
+
+    name: str
+    # null: no budget of its own (the key's quota still binds); used, remaining and
+    # next_refill_at are null then too, since no ledger is kept
+    calls_per_day: int | None
+    used: int | None  # upstream calls charged in the rolling day
+    remaining: int | None
+    next_refill_at: dt.datetime | None  # when the oldest charged call leaves the day
+    requests_per_second: float | None  # null: no rate of its own
+    created_at: dt.datetime
+
+
 class ErrorBody(BaseModel):
     detail: str

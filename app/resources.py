@@ -12,6 +12,7 @@ from app import alphavantage
 from app.alphavantage import AlphaVantageClient
 from app.breaker import Backoff, CircuitBreaker, FailureRate, Sharing
 from app.cache import TTLCache
+from app.consumers import ConsumerLimits, ConsumerRegistry
 from app.errors import is_upstream_failure
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
@@ -35,6 +36,8 @@ class Resources:
     breakers: tuple[CircuitBreaker, ...]  # one, or one per upstream function (BREAKER_SCOPE)
     bulkheads: tuple[Bulkhead, ...]  # one per breaker
     limits: UpstreamLimits
+    consumers: ConsumerRegistry
+    consumer_limits: ConsumerLimits
     metrics: Metrics
     service: StockService
     renderer: Renderer
@@ -112,7 +115,8 @@ def build_resources(
         + settings.upstream_max_wait_seconds
         + 12 * settings.state_timeout_seconds,
     )
-    service = StockService(client, lanes, limits, cache, shared, metrics)
+    consumer_limits = ConsumerLimits(state)
+    service = StockService(client, lanes, limits, cache, shared, metrics, consumer_limits)
     return Resources(
         settings=settings,
         http=http,
@@ -120,6 +124,8 @@ def build_resources(
         breakers=tuple(lane.breaker for lane in lanes_by_name.values()),
         bulkheads=bulkheads,
         limits=limits,
+        consumers=ConsumerRegistry(state),
+        consumer_limits=consumer_limits,
         metrics=metrics,
         service=service,
         renderer=Renderer(),

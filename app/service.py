@@ -1,7 +1,12 @@
 """Stock data with caching, coalescing and graceful degradation around the upstream limits
 and the breaker. A miss in this process's cache looks in the tier every process shares
 (app/shared_cache.py), joins a flight under way in any process, or passes quota, bulkhead
-and pacing (app/limits/), then the breaker."""
+and pacing (app/limits/), then the breaker.
+
+A consumer (app/consumers.py) is charged for the upstream calls its misses cause, and only
+those: hits, stale copies and joining a flight already under way cost it nothing. Its budget
+is checked before the key's quota is, and a call is counted when it is made, as the key's is.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from typing import Protocol, TypeVar
 from app.alphavantage import DAILY, QUOTE, AlphaVantageClient
 from app.breaker import CircuitBreaker, CircuitOpenError
 from app.cache import SingleFlight, TTLCache
-from app.errors import RateLimited, Throttled, UpstreamError, UpstreamFailure
+from app.consumers import ANONYMOUS, Consumer, ConsumerLimits
+from app.errors import ConsumerThrottled, RateLimited, Throttled, UpstreamError, UpstreamFailure
 from app.limits import Bulkhead, UpstreamLimits
 from app.models import DailySeries, Quote, Source
 from app.shared_cache import SharedCache, SharedHit
@@ -41,6 +47,12 @@ class ServiceEvents(Protocol):
     def observe_upstream(self, function: str, outcome: str, seconds: float) -> None:
         """A call made upstream, its outcome (errors.OUTCOMES) and how long it took."""
 
+    def count_consumer_call(self, consumer: str) -> None:
+        """An upstream call charged to `consumer` (a configured name, or "anonymous")."""
+
+    def count_consumer_throttled(self, consumer: str, reason: str) -> None:
+        """A consumer held to its limits: "consumer_budget" or "consumer_rate"."""
+
 
 @dataclass(frozen=True, slots=True)
 class Lane:
@@ -61,6 +73,7 @@ class StockService:
         cache: TTLCache[Key, DailySeries | Quote],
         shared: SharedCache,
         events: ServiceEvents,
+        consumer_limits: ConsumerLimits,
     ) -> None:
         self._client = client
         self._lanes = lanes
@@ -68,13 +81,19 @@ class StockService:
         self._cache = cache
         self._shared = shared
         self._events = events
+        self._consumer_limits = consumer_limits
         self._flights: SingleFlight[Key, tuple[DailySeries | Quote, Source]] = SingleFlight()
 
-    async def daily(self, symbol: str) -> tuple[DailySeries, Source]:
-        return await self._get(DAILY, symbol, self._client.daily, DailySeries)
+    async def daily(
+        self, symbol: str, consumer: Consumer | None = None
+    ) -> tuple[DailySeries, Source]:
+        """The daily series; a miss's upstream call is charged to `consumer` (None: nobody,
+        while no consumer is configured)."""
+        return await self._get(DAILY, symbol, self._client.daily, DailySeries, consumer)
 
-    async def quote(self, symbol: str) -> tuple[Quote, Source]:
-        return await self._get(QUOTE, symbol, self._client.quote, Quote)
+    async def quote(self, symbol: str, consumer: Consumer | None = None) -> tuple[Quote, Source]:
+        """The quote; charged as daily() is."""
+        return await self._get(QUOTE, symbol, self._client.quote, Quote, consumer)
 
     async def aclose(self) -> None:
         await self._flights.aclose()
@@ -85,6 +104,7 @@ class StockService:
         symbol: str,
         fetch: Callable[[str], Awaitable[T]],
         kind: type[T],
+        consumer: Consumer | None,
     ) -> tuple[T, Source]:
         key = (function, symbol)
         hit = self._cache.get(key)
@@ -95,8 +115,17 @@ class StockService:
         lane = self._lanes[function]
         try:
             lane.breaker.check()  # an open breaker answers before a flight is set up
+            # Joining a flight is free; a consumer past its budget starts none (the check
+            # comes before the key's quota is looked at, and before any other caller joins).
+            if consumer is not None and key not in self._flights:
+                try:
+                    await self._consumer_limits.check(consumer)
+                except ConsumerThrottled as exc:
+                    self._count_held_back(exc, consumer)
+                    value, source = await self._shared_copy_or_raise(key, kind, exc)
+                    return self._of_kind(kind, value), source
             value, source = await self._flights.run(
-                key, lambda: self._fetch(key, lane, fetch, kind)
+                key, lambda: self._fetch(key, lane, fetch, kind, consumer)
             )
         except FAILURES as exc:
             if hit is not None:
@@ -110,6 +139,8 @@ class StockService:
     async def _shared_copy_or_raise(
         self, key: Key, kind: type[T], error: Exception
     ) -> tuple[DailySeries | Quote, Source]:
+        """What may still be had without a call: the shared tier's copy, fresh or stale;
+        else `error`."""
         shared = await self._shared.get(":".join(key))
         if shared is not None and shared.fresh:
             value = kind.model_validate(shared.value)
@@ -118,7 +149,12 @@ class StockService:
         return self._stale_or_raise(key, kind, shared, error)
 
     async def _fetch(
-        self, key: Key, lane: Lane, fetch: Callable[[str], Awaitable[T]], kind: type[T]
+        self,
+        key: Key,
+        lane: Lane,
+        fetch: Callable[[str], Awaitable[T]],
+        kind: type[T],
+        consumer: Consumer | None,
     ) -> tuple[DailySeries | Quote, Source]:
         """One process's flight for `key`: the shared tier's fresh copy if there is one, the
         result of another process's flight if one is under way, else a call of its own."""
@@ -127,7 +163,9 @@ class StockService:
         shared = await self._shared.get(name)
         while shared is None or not shared.fresh:
             if await self._shared.lease(name):
-                return await self._fetch_holding_the_lease(key, name, lane, fetch, kind, shared)
+                return await self._fetch_holding_the_lease(
+                    key, name, lane, fetch, kind, shared, consumer
+                )
             landed = await self._shared.wait(name, deadline - time.monotonic())
             if landed is not None:
                 shared = landed
@@ -152,6 +190,7 @@ class StockService:
         fetch: Callable[[str], Awaitable[T]],
         kind: type[T],
         shared: SharedHit | None,
+        consumer: Consumer | None,
     ) -> tuple[DailySeries | Quote, Source]:
         landed = await self._shared.get(name)
         if landed is not None and landed.fresh:
@@ -161,7 +200,7 @@ class StockService:
             self._cache.put(key, value, age=landed.age)
             return value, "cache"
         try:
-            value = await self._call(key, lane, fetch)
+            value = await self._call(key, lane, fetch, consumer)
         except FAILURES as exc:
             await self._shared.release(name)
             return self._stale_or_raise(key, kind, shared, exc)
@@ -174,14 +213,25 @@ class StockService:
         await self._shared.release(name)
         return value, "upstream"
 
-    async def _call(self, key: Key, lane: Lane, fetch: Callable[[str], Awaitable[T]]) -> T:
+    async def _call(
+        self,
+        key: Key,
+        lane: Lane,
+        fetch: Callable[[str], Awaitable[T]],
+        consumer: Consumer | None,
+    ) -> T:
         try:
             async with self._limits.admit(lane.bulkhead):
-                return await lane.breaker.call(self._call_upstream, key, fetch)
+                return await lane.breaker.call(self._call_upstream, key, fetch, consumer)
         except Throttled as exc:
-            self._events.count_throttled(exc.reason)
+            self._count_held_back(exc, consumer)
             detail = f"Alpha Vantage call held back: {exc.detail}"
-            raise Throttled(detail, exc.reason, exc.retry_after) from None
+            raise type(exc)(detail, exc.reason, exc.retry_after) from None
+
+    def _count_held_back(self, exc: Throttled, consumer: Consumer | None) -> None:
+        self._events.count_throttled(exc.reason)
+        if isinstance(exc, ConsumerThrottled) and consumer is not None:
+            self._events.count_consumer_throttled(consumer.name, exc.reason)
 
     def _stale_or_raise(
         self, key: Key, kind: type[T], shared: SharedHit | None, error: Exception
@@ -202,10 +252,23 @@ class StockService:
         )
         return value, "stale"
 
-    async def _call_upstream(self, key: Key, fetch: Callable[[str], Awaitable[T]]) -> T:
+    async def _call_upstream(
+        self, key: Key, fetch: Callable[[str], Awaitable[T]], consumer: Consumer | None
+    ) -> T:
         function, symbol = key
-        # Counted here, inside the breaker, so that a call the breaker refuses costs nothing.
-        await self._limits.count_call()
+        # Counted here, inside the breaker, so that a call the breaker refuses costs nothing;
+        # the consumer first, and given back if the key's quota then refuses the call.
+        if consumer is not None:
+            await self._consumer_limits.charge(consumer)
+        try:
+            await self._limits.count_call()
+        except Throttled:
+            if consumer is not None:
+                # A store that fails now costs the consumer one call, not the answer's cause.
+                with contextlib.suppress(Throttled):
+                    await self._consumer_limits.refund(consumer)
+            raise
+        self._events.count_consumer_call(ANONYMOUS if consumer is None else consumer.name)
         outcome = "error"
         started = time.perf_counter()
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.state import check_state_url
@@ -32,9 +32,24 @@ class MissingApiKey(ConfigError):
     """ALPHAVANTAGE_API_KEY is not set (`make run` then starts the simulator)."""
 
 
-class Settings(BaseSettings):
+class StoreSettings(BaseSettings):
+    """What `python -m app consumers` needs: the store alone, no API key."""
+
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
+    # Where the budget, pacing and pauses shared by every process live (app/state).
+    # A secret: a Redis URL may carry its password. describe() shows it masked.
+    state_url: SecretStr = SecretStr("sqlite:///stock-service-state.db")
+    state_timeout_seconds: PositiveSeconds = 0.5
+
+    @field_validator("state_url")
+    @classmethod
+    def _usable_state_url(cls, value: SecretStr) -> SecretStr:
+        check_state_url(value.get_secret_value())
+        return value
+
+
+class Settings(StoreSettings):
     alphavantage_api_key: SecretStr
     alphavantage_base_url: str = ALPHAVANTAGE_URL
     upstream_timeout_seconds: PositiveSeconds = 10.0
@@ -69,10 +84,6 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: Seconds = 2.0
     shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 20
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    # Where the budget, pacing and pauses shared by every process live (app/state).
-    # A secret: a Redis URL may carry its password. describe() shows it masked.
-    state_url: SecretStr = SecretStr("sqlite:///stock-service-state.db")
-    state_timeout_seconds: PositiveSeconds = 0.5
 
     @field_validator("alphavantage_api_key", mode="before")
     @classmethod
@@ -91,12 +102,6 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("state_url")
-    @classmethod
-    def _usable_state_url(cls, value: SecretStr) -> SecretStr:
-        check_state_url(value.get_secret_value())
         return value
 
     @model_validator(mode="after")
@@ -130,10 +135,23 @@ def load_settings() -> Settings:
             "ALPHAVANTAGE_API_KEY is not set: set it to your Alpha Vantage key "
             "(`make run` without a key serves from the built-in simulator instead)"
         )
+    raise ConfigError(one_line(errors))
+
+
+def load_store_settings() -> StoreSettings:
+    """The store's settings alone, read as load_settings() reads them all."""
+    try:
+        return StoreSettings()
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc.errors(include_url=False, include_input=False))) from None
+
+
+def one_line(errors: list[ErrorDetails]) -> str:
+    """Validation errors as one line naming each variable."""
     problems = "; ".join(
         f"{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}"
         if e["loc"]
         else e["msg"].removeprefix("Value error, ")
         for e in errors
     )
-    raise ConfigError(f"invalid configuration: {problems}")
+    return f"invalid configuration: {problems}"

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import alphavantage
 from app.breaker import CircuitBreaker, CircuitOpenError
 from app.cache import TTLCache
+from app.consumers import ConsumerLimits
 from app.errors import UpstreamError, is_upstream_failure
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
@@ -120,6 +121,7 @@ def build_replica(
         cache,
         SharedCache(state, namespace="bench", ttl=config.ttl, stale=86400, lease_seconds=12),
         Metrics(alphavantage.FUNCTIONS, ()),
+        ConsumerLimits(state),
     )
 
 

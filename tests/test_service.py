@@ -16,6 +16,7 @@ from app import alphavantage
 from app.alphavantage import AlphaVantageClient
 from app.breaker import CircuitBreaker
 from app.cache import TTLCache
+from app.consumers import ConsumerLimits
 from app.errors import Throttled, is_upstream_failure
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.models import DailySeries, Quote
@@ -203,6 +204,12 @@ class RecordedEvents:
     def observe_upstream(self, function: str, outcome: str, seconds: float) -> None:
         self.events.append(("upstream", function, outcome))
 
+    def count_consumer_call(self, consumer: str) -> None:
+        self.events.append(("charged", consumer))
+
+    def count_consumer_throttled(self, consumer: str, reason: str) -> None:
+        self.events.append(("consumer throttled", consumer, reason))
+
 
 @pytest.fixture
 def events() -> RecordedEvents:
@@ -228,7 +235,7 @@ async def service(events: RecordedEvents) -> AsyncIterator[StockService]:
         )
         lanes = dict.fromkeys(alphavantage.FUNCTIONS, lane)
         shared = SharedCache(state, namespace="k", ttl=60, stale=3600, lease_seconds=5)
-        stock = StockService(client, lanes, limits, cache, shared, recorder)
+        stock = StockService(client, lanes, limits, cache, shared, recorder, ConsumerLimits(state))
         yield stock
         await stock.aclose()
 
@@ -241,6 +248,7 @@ async def test_a_miss_then_a_hit_report_their_events(
     assert (await service.daily("IBM"))[1] == "cache"
     assert events.events == [
         ("cache", "TIME_SERIES_DAILY", "miss"),
+        ("charged", "anonymous"),  # no consumer is configured
         ("upstream", "TIME_SERIES_DAILY", "success"),
         ("cache", "TIME_SERIES_DAILY", "hit"),
     ]

@@ -19,10 +19,11 @@ from app.limits._bulkhead import Bulkhead
 from app.limits._pacing import Pause, TokenBucket
 from app.limits._quota import DAY, DailyQuota, QuotaUsage
 from app.limits._state import State
-from app.limits._upstream import LimitsStatus, SharedState, UpstreamLimits
+from app.limits._upstream import STORE_RETRY_AFTER, LimitsStatus, SharedState, UpstreamLimits
 
 __all__ = [
     "DAY",
+    "STORE_RETRY_AFTER",
     "Bulkhead",
     "DailyQuota",
     "LimitsStatus",

@@ -55,6 +55,11 @@ class DailyQuota:
         self.check()
         self._calls.append(self._clock())
 
+    def refund(self) -> None:
+        """Forget the newest counted call: it was counted but, refused further on, never made."""
+        if self._calls:
+            self._calls.pop()
+
     def exhaust(self) -> None:
         """Make no call until the oldest counted call leaves the window (a whole window if
         none is counted): Alpha Vantage's count is ahead of ours."""

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from app.deps import get_resources
+from app.deps import authenticate, bearer_token, get_resources
 from app.models import DailyPrices, ErrorBody, QuoteAnswer
 
 router = APIRouter(tags=["stock"])
@@ -28,8 +28,14 @@ Days = Annotated[int, Query(ge=1, le=100, description="How many trading days, ne
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": description}
     for code, description in (
+        (401, "Consumers are configured and the bearer token is missing, wrong or revoked"),
         (404, "Alpha Vantage does not know the symbol"),
         (422, "Malformed symbol or days"),
+        (
+            429,
+            "The consumer is over its requests a second, or over its calls a day for a miss "
+            "with no cached copy (Retry-After)",
+        ),
         (502, "Alpha Vantage failed or refused (bad key, premium only, bad answer)"),
         (
             503,
@@ -47,12 +53,14 @@ ERRORS: dict[int | str, dict[str, object]] = {
 @router.get("/stock/{symbol}", response_model=DailyPrices, responses=ERRORS)
 async def daily_prices(symbol: Symbol, request: Request, days: Days = 30) -> Response:
     resources = await get_resources(request)
-    series, source = await resources.service.daily(symbol.upper())
+    consumer = await authenticate(resources, bearer_token(request))
+    series, source = await resources.service.daily(symbol.upper(), consumer)
     return Response(resources.renderer.daily(series, days, source), media_type=JSON)
 
 
 @router.get("/stock/{symbol}/quote", response_model=QuoteAnswer, responses=ERRORS)
 async def quote(symbol: Symbol, request: Request) -> Response:
     resources = await get_resources(request)
-    value, source = await resources.service.quote(symbol.upper())
+    consumer = await authenticate(resources, bearer_token(request))
+    value, source = await resources.service.quote(symbol.upper(), consumer)
     return Response(resources.renderer.quote(value, source), media_type=JSON)
