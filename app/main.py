@@ -19,7 +19,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.resources import build_resources, upstream_connections
-from app.routes import circuit_breaker, ops, stock, upstream
+from app.routes import circuit_breaker, gateway, ops, stock, upstream
 from app.settings import Settings, load_settings
 from app.state import ObservedState, describe, open_state
 
@@ -87,7 +87,13 @@ def create_app(
         summary="Stock prices from Alpha Vantage behind a circuit breaker",
         lifespan=lifespan,
     )
-    for router in (stock.router, circuit_breaker.router, upstream.router, ops.router):
+    for router in (
+        stock.router,
+        gateway.router,
+        circuit_breaker.router,
+        upstream.router,
+        ops.router,
+    ):
         app.include_router(router)
     get_routes = [
         r.path for r in app.routes if isinstance(r, APIRoute) and "GET" in (r.methods or ())
