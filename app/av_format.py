@@ -12,11 +12,13 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from app.models import DailySeries, Quote
+from app.alphavantage import MATCH_KEYS
+from app.models import DailySeries, Quote, SymbolMatch, SymbolMatches
 
 DAILY_INFORMATION = "Daily Prices (open, high, low, close) and Volumes"
 DAILY_CSV_HEADER = ("timestamp", "open", "high", "low", "close", "volume")
 # The CSV form names the quote's columns differently from the JSON keys.
+SEARCH_CSV_HEADER = tuple(key.split(". ", 1)[1] for key in MATCH_KEYS.values())
 QUOTE_CSV_HEADER = (
     "symbol",
     "open",
@@ -124,3 +126,22 @@ def quote_json(quote: Quote) -> bytes:
 
 def quote_csv(quote: Quote) -> bytes:
     return csv_body(QUOTE_CSV_HEADER, [quote_values(quote)])
+
+
+def match_values(match: SymbolMatch) -> tuple[str, ...]:
+    """A match's fields as strings, in Alpha Vantage's order (JSON keys 1 to 9)."""
+    return tuple(
+        f"{match.match_score:.4f}" if name == "match_score" else str(getattr(match, name))
+        for name in MATCH_KEYS
+    )
+
+
+def search_json(found: SymbolMatches) -> bytes:
+    keys = MATCH_KEYS.values()
+    return json_body(
+        {"bestMatches": [dict(zip(keys, match_values(m), strict=True)) for m in found.matches]}
+    )
+
+
+def search_csv(found: SymbolMatches) -> bytes:
+    return csv_body(SEARCH_CSV_HEADER, (match_values(m) for m in found.matches))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app import av_format
-from app.alphavantage import DAILY
+from app.alphavantage import DAILY, SEARCH
 from app.breaker import CircuitOpenError
 from app.errors import (
     RateLimited,
@@ -35,6 +35,7 @@ DOCS_URL = "https://www.alphavantage.co/documentation/"
 SYMBOL = re.compile(SYMBOL_PATTERN)
 MAX_SYMBOL_LENGTH = 20
 DATATYPES = ("json", "csv")
+MAX_KEYWORDS_LENGTH = 64
 
 # What each of the service's throttle reasons holds back, and the status that describes it:
 # 429 for a budget that is spent, 503 for a service that cannot take the call just now.
@@ -96,6 +97,15 @@ def csv_answer(body: bytes, filename: str) -> Answer:
     return Answer(body, CSV, headers={"Content-Disposition": f"attachment; filename={filename}"})
 
 
+def normalise_keywords(keywords: str) -> str | None:
+    """SYMBOL_SEARCH's keywords as one cache key for every way of writing them (case and
+    spacing aside), or None when they are empty, too long or hold control characters."""
+    normalised = " ".join(keywords.split()).lower()
+    if not normalised or len(normalised) > MAX_KEYWORDS_LENGTH or not normalised.isprintable():
+        return None
+    return normalised
+
+
 def enabled_functions(setting: str) -> frozenset[str]:
     """GATEWAY_FUNCTIONS (already validated and upper-cased by app.settings) as a set."""
     return frozenset(name for name in setting.split(",") if name)
@@ -109,28 +119,17 @@ async def answer(
     if function not in functions:
         return error_message(f"This API function ({function}) does not exist.")
     datatype = params.get("datatype", "json")
-    symbol = params.get("symbol", "").upper()
-    if (
-        datatype not in DATATYPES
-        or len(symbol) > MAX_SYMBOL_LENGTH
-        or SYMBOL.fullmatch(symbol) is None
-    ):
-        return invalid_call(function)  # never sent upstream
+    if datatype not in DATATYPES:
+        return invalid_call(function)
     try:
+        if function == SEARCH:
+            return await search(service, params.get("keywords", ""), datatype)
+        symbol = params.get("symbol", "").upper()
+        if len(symbol) > MAX_SYMBOL_LENGTH or SYMBOL.fullmatch(symbol) is None:
+            return invalid_call(function)  # never sent upstream
         if function == DAILY:
-            outputsize = params.get("outputsize", "compact")
-            if outputsize == "full":
-                return premium_full_output()
-            if outputsize != "compact":
-                return invalid_call(function)
-            series, _ = await service.daily(symbol)
-            if datatype == "csv":
-                return csv_answer(av_format.daily_csv(series), f"daily_{symbol}.csv")
-            return Answer(av_format.daily_json(series))
-        quote, _ = await service.quote(symbol)
-        if datatype == "csv":
-            return csv_answer(av_format.quote_csv(quote), "global_quote.csv")
-        return Answer(av_format.quote_json(quote))
+            return await daily(service, symbol, params.get("outputsize", "compact"), datatype)
+        return await quote(service, symbol, datatype)
     except UnknownSymbol:
         # Also for GLOBAL_QUOTE, where Alpha Vantage sometimes answers `{"Global Quote": {}}`
         # instead: an Error Message is what every client recognises as a failure.
@@ -148,3 +147,31 @@ async def answer(
     except UpstreamFailure as exc:
         status_code = 504 if isinstance(exc, UpstreamTimeout) else 502
         return information(f"The stock service could not get an answer: {exc.detail}.", status_code)
+
+
+async def daily(service: StockService, symbol: str, outputsize: str, datatype: str) -> Answer:
+    if outputsize == "full":
+        return premium_full_output()
+    if outputsize != "compact":
+        return invalid_call(DAILY)
+    series, _ = await service.daily(symbol)
+    if datatype == "csv":
+        return csv_answer(av_format.daily_csv(series), f"daily_{symbol}.csv")
+    return Answer(av_format.daily_json(series))
+
+
+async def quote(service: StockService, symbol: str, datatype: str) -> Answer:
+    value, _ = await service.quote(symbol)
+    if datatype == "csv":
+        return csv_answer(av_format.quote_csv(value), "global_quote.csv")
+    return Answer(av_format.quote_json(value))
+
+
+async def search(service: StockService, keywords: str, datatype: str) -> Answer:
+    normalised = normalise_keywords(keywords)
+    if normalised is None:
+        return invalid_call(SEARCH)
+    found, _ = await service.search(normalised)
+    if datatype == "csv":
+        return csv_answer(av_format.search_csv(found), "search.csv")
+    return Answer(av_format.search_json(found))

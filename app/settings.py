@@ -12,7 +12,7 @@ from app.state import check_state_url
 
 ALPHAVANTAGE_URL = "https://www.alphavantage.co/query"
 # What GET /query (app/gateway.py) can answer; GATEWAY_FUNCTIONS may narrow it.
-GATEWAY_FUNCTIONS = ("TIME_SERIES_DAILY", "GLOBAL_QUOTE")
+GATEWAY_FUNCTIONS = ("TIME_SERIES_DAILY", "GLOBAL_QUOTE", "SYMBOL_SEARCH")
 
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]

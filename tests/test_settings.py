@@ -130,6 +130,6 @@ def test_a_count_window_smaller_than_the_minimum_is_refused(
 
 def test_gateway_functions_are_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "k")
-    assert load_settings().gateway_functions == "TIME_SERIES_DAILY,GLOBAL_QUOTE"
+    assert load_settings().gateway_functions == "TIME_SERIES_DAILY,GLOBAL_QUOTE,SYMBOL_SEARCH"
     monkeypatch.setenv("GATEWAY_FUNCTIONS", " global_quote,, GLOBAL_QUOTE ")
     assert load_settings().gateway_functions == "GLOBAL_QUOTE"

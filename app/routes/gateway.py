@@ -25,10 +25,11 @@ GatewayCaller = Annotated[None, Depends(gateway_caller)]
 
 @router.get(
     "/query",
-    summary="Alpha Vantage's API: TIME_SERIES_DAILY, GLOBAL_QUOTE, in its own shapes",
+    summary="Alpha Vantage's API (TIME_SERIES_DAILY, GLOBAL_QUOTE, SYMBOL_SEARCH), its shapes",
     description=(
-        "Parameters as Alpha Vantage takes them: `function`, `symbol`, `outputsize` "
-        "(compact; full is premium), `datatype` (json or csv), `apikey`. Errors as Alpha "
+        "Parameters as Alpha Vantage takes them: `function`, `symbol` or `keywords`, "
+        "`outputsize` (compact; full is premium), `datatype` (json or csv), `apikey`. "
+        "Errors as Alpha "
         'Vantage sends them: `{"Error Message": ...}` (HTTP 200) for a bad call or an unknown '
         'symbol, `{"Information": ...}` with 429 or 503 and Retry-After for a call held back.'
     ),

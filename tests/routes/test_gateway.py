@@ -168,6 +168,58 @@ class TestCsv:
         assert "Invalid API call" in error_message(await api.get(url))
 
 
+class TestSymbolSearch:
+    async def test_answers_alpha_vantages_best_matches(self, api: httpx.AsyncClient) -> None:
+        body = av_json(await api.get(query(function="SYMBOL_SEARCH", keywords="tesco")))
+        assert list(body) == ["bestMatches"]
+        first = body["bestMatches"][0]
+        assert first == {
+            "1. symbol": "TSCO.LON",
+            "2. name": "Tesco PLC",
+            "3. type": "Equity",
+            "4. region": "United Kingdom",
+            "5. marketOpen": "08:00",
+            "6. marketClose": "16:30",
+            "7. timezone": "UTC+01",
+            "8. currency": "GBX",
+            "9. matchScore": first["9. matchScore"],
+        }
+        assert PRICE.match(first["9. matchScore"])
+
+    async def test_nothing_found_is_an_empty_list(self, api: httpx.AsyncClient) -> None:
+        body = av_json(await api.get(query(function="SYMBOL_SEARCH", keywords="zzz")))
+        assert body == {"bestMatches": []}
+
+    async def test_keywords_are_cached_whatever_their_case_and_spacing(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        for keywords in ("tesco plc", "  Tesco   PLC ", "TESCO PLC"):
+            av_json(await api.get(query(function="SYMBOL_SEARCH", keywords=keywords)))
+        assert await sim.calls() == {"SYMBOL_SEARCH": 1}
+
+    async def test_csv_with_alpha_vantages_columns(self, api: httpx.AsyncClient) -> None:
+        url = query(function="SYMBOL_SEARCH", keywords="tesco", datatype="csv")
+        response = await api.get(url)
+        assert response.headers["content-type"] == "application/x-download"
+        lines = response.text.split("\r\n")
+        assert lines[0] == (
+            "symbol,name,type,region,marketOpen,marketClose,timezone,currency,matchScore"
+        )
+        assert lines[1].startswith("TSCO.LON,Tesco PLC,Equity,United Kingdom,08:00,16:30,")
+
+    @pytest.mark.parametrize("keywords", [None, " ", "x" * 65, "tesco\x00"])
+    async def test_bad_keywords_never_reach_upstream(
+        self, api: httpx.AsyncClient, sim: SimulatorControl, keywords: str | None
+    ) -> None:
+        params = {"function": "SYMBOL_SEARCH"}
+        if keywords is not None:
+            params["keywords"] = keywords
+        assert error_message(await api.get(query(**params))) == (
+            f"Invalid API call. Please retry or visit the documentation ({DOCS}) for SYMBOL_SEARCH."
+        )
+        assert await sim.total_calls() == 0
+
+
 # -- bad calls -------------------------------------------------------------------------------
 
 
