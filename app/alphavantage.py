@@ -26,11 +26,24 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from app.models import DailySeries, Quote
+from app.models import DailySeries, Quote, SymbolMatches
 
 DAILY = "TIME_SERIES_DAILY"
 QUOTE = "GLOBAL_QUOTE"
-FUNCTIONS = (DAILY, QUOTE)
+SEARCH = "SYMBOL_SEARCH"
+FUNCTIONS = (DAILY, QUOTE, SEARCH)
+# Alpha Vantage's SYMBOL_SEARCH keys, by SymbolMatch field.
+MATCH_KEYS = {
+    "symbol": "1. symbol",
+    "name": "2. name",
+    "type": "3. type",
+    "region": "4. region",
+    "market_open": "5. marketOpen",
+    "market_close": "6. marketClose",
+    "timezone": "7. timezone",
+    "currency": "8. currency",
+    "match_score": "9. matchScore",
+}
 
 MESSAGE_KEYS = ("Error Message", "Information", "Note")
 # (phrases that say what a throttle message asks for, the period of that limit, seconds to
@@ -142,6 +155,23 @@ def parse_quote(payload: dict[str, Any]) -> Quote:
         raise BadUpstreamResponse("Alpha Vantage sent a malformed quote") from None
 
 
+def parse_search(keywords: str, payload: dict[str, Any]) -> SymbolMatches:
+    matches = payload.get("bestMatches")
+    if not isinstance(matches, list):
+        raise classify_message(SEARCH, payload)
+    try:
+        return SymbolMatches.model_validate(
+            {
+                "keywords": keywords,
+                "matches": [
+                    {field: match[key] for field, key in MATCH_KEYS.items()} for match in matches
+                ],
+            }
+        )
+    except (KeyError, TypeError, ValueError):
+        raise BadUpstreamResponse("Alpha Vantage sent a malformed symbol search") from None
+
+
 class AlphaVantageClient:
     def __init__(
         self,
@@ -166,14 +196,17 @@ class AlphaVantageClient:
 
     async def daily(self, symbol: str) -> DailySeries:
         """The latest 100 trading days (outputsize=compact: `full` is premium)."""
-        return parse_daily(await self._get(DAILY, symbol, outputsize="compact"))
+        return parse_daily(await self._get(DAILY, symbol=symbol, outputsize="compact"))
 
     async def quote(self, symbol: str) -> Quote:
-        return parse_quote(await self._get(QUOTE, symbol))
+        return parse_quote(await self._get(QUOTE, symbol=symbol))
 
-    async def _get(self, function: str, symbol: str, **extra: str) -> dict[str, Any]:
-        # The symbol travels only as an encoded query parameter, never formatted into the URL.
-        params = {"function": function, "symbol": symbol, **extra}
+    async def search(self, keywords: str) -> SymbolMatches:
+        return parse_search(keywords, await self._get(SEARCH, keywords=keywords))
+
+    async def _get(self, function: str, **query: str) -> dict[str, Any]:
+        # Symbols and keywords travel only as encoded query parameters, never in the URL.
+        params = {"function": function, **query}
         params["apikey"] = self._api_key.get_secret_value()
         try:
             async with asyncio.timeout(self._timeout), self._slots:

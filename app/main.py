@@ -20,7 +20,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.resources import Resources, build_resources, upstream_connections
-from app.routes import circuit_breaker, consumers, ops, stock, upstream
+from app.routes import circuit_breaker, consumers, gateway, ops, stock, upstream
 from app.settings import Settings, load_settings
 from app.state import ObservedState, describe, open_state
 
@@ -106,6 +106,7 @@ def create_app(
     for router in (
         stock.router,
         consumers.router,
+        gateway.router,
         circuit_breaker.router,
         upstream.router,
         ops.router,

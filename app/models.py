@@ -72,6 +72,31 @@ class QuoteAnswer(Quote):
     source: Source
 
 
+class SymbolMatch(BaseModel):
+    """One listing that Alpha Vantage's SYMBOL_SEARCH found, with its market's hours."""
+
+    model_config = ConfigDict(frozen=True)
+
+    symbol: str
+    name: str
+    type: str
+    region: str
+    market_open: str
+    market_close: str
+    timezone: str
+    currency: str
+    match_score: float
+
+
+class SymbolMatches(BaseModel):
+    """What a SYMBOL_SEARCH for `keywords` found, best first; empty when nothing matched."""
+
+    model_config = ConfigDict(frozen=True)
+
+    keywords: str
+    matches: tuple[SymbolMatch, ...]
+
+
 class BreakerSnapshot(BaseModel):
     name: str
     state: Literal["closed", "open", "half_open"]

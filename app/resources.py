@@ -16,9 +16,8 @@ from app.consumers import ConsumerLimits, ConsumerRegistry
 from app.errors import is_upstream_failure
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
-from app.models import DailySeries, Quote
 from app.rendering import Renderer
-from app.service import Lane, StockService
+from app.service import Key, Lane, StockService, Value
 from app.settings import Settings
 from app.shared_cache import SharedCache
 from app.state import ObservedState
@@ -99,7 +98,7 @@ def build_resources(
         max_body_bytes=settings.upstream_max_body_bytes,
         max_concurrency=upstream_connections(settings),
     )
-    cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
+    cache: TTLCache[Key, Value] = TTLCache(
         ttl=settings.cache_ttl_seconds,
         stale=settings.cache_stale_seconds,
         max_entries=settings.cache_max_entries,

@@ -18,19 +18,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from app.alphavantage import DAILY, QUOTE, AlphaVantageClient
+from app.alphavantage import DAILY, QUOTE, SEARCH, AlphaVantageClient
 from app.breaker import CircuitBreaker, CircuitOpenError
 from app.cache import SingleFlight, TTLCache
 from app.consumers import ANONYMOUS, Consumer, ConsumerLimits
 from app.errors import ConsumerThrottled, RateLimited, Throttled, UpstreamError, UpstreamFailure
 from app.limits import Bulkhead, UpstreamLimits
-from app.models import DailySeries, Quote, Source
+from app.models import DailySeries, Quote, Source, SymbolMatches
 from app.shared_cache import SharedCache, SharedHit
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T", DailySeries, Quote)
-Key = tuple[str, str]  # (function, symbol)
+T = TypeVar("T", DailySeries, Quote, SymbolMatches)
+Value = DailySeries | Quote | SymbolMatches
+Key = tuple[str, str]  # (function, symbol), or (SYMBOL_SEARCH, normalised keywords)
 # What a stale copy may stand in for: failures, throttles and rejections, not bad questions.
 FAILURES = (UpstreamFailure, RateLimited, CircuitOpenError, Throttled)
 
@@ -70,7 +71,7 @@ class StockService:
         client: AlphaVantageClient,
         lanes: Mapping[str, Lane],
         limits: UpstreamLimits,
-        cache: TTLCache[Key, DailySeries | Quote],
+        cache: TTLCache[Key, Value],
         shared: SharedCache,
         events: ServiceEvents,
         consumer_limits: ConsumerLimits,
@@ -82,7 +83,7 @@ class StockService:
         self._shared = shared
         self._events = events
         self._consumer_limits = consumer_limits
-        self._flights: SingleFlight[Key, tuple[DailySeries | Quote, Source]] = SingleFlight()
+        self._flights: SingleFlight[Key, tuple[Value, Source]] = SingleFlight()
 
     async def daily(
         self, symbol: str, consumer: Consumer | None = None
@@ -94,6 +95,13 @@ class StockService:
     async def quote(self, symbol: str, consumer: Consumer | None = None) -> tuple[Quote, Source]:
         """The quote; charged as daily() is."""
         return await self._get(QUOTE, symbol, self._client.quote, Quote, consumer)
+
+    async def search(
+        self, keywords: str, consumer: Consumer | None = None
+    ) -> tuple[SymbolMatches, Source]:
+        """Listings matching `keywords`, which the caller normalises (normalise_keywords): one
+        cache entry and one flight for every way of writing them. Charged as daily() is."""
+        return await self._get(SEARCH, keywords, self._client.search, SymbolMatches, consumer)
 
     async def aclose(self) -> None:
         await self._flights.aclose()
@@ -138,7 +146,7 @@ class StockService:
 
     async def _shared_copy_or_raise(
         self, key: Key, kind: type[T], error: Exception
-    ) -> tuple[DailySeries | Quote, Source]:
+    ) -> tuple[Value, Source]:
         """What may still be had without a call: the shared tier's copy, fresh or stale;
         else `error`."""
         shared = await self._shared.get(":".join(key))
@@ -155,7 +163,7 @@ class StockService:
         fetch: Callable[[str], Awaitable[T]],
         kind: type[T],
         consumer: Consumer | None,
-    ) -> tuple[DailySeries | Quote, Source]:
+    ) -> tuple[Value, Source]:
         """One process's flight for `key`: the shared tier's fresh copy if there is one, the
         result of another process's flight if one is under way, else a call of its own."""
         name = ":".join(key)
@@ -191,7 +199,7 @@ class StockService:
         kind: type[T],
         shared: SharedHit | None,
         consumer: Consumer | None,
-    ) -> tuple[DailySeries | Quote, Source]:
+    ) -> tuple[Value, Source]:
         landed = await self._shared.get(name)
         if landed is not None and landed.fresh:
             # Another process's flight landed between our look and our lease: use it.
@@ -235,15 +243,13 @@ class StockService:
 
     def _stale_or_raise(
         self, key: Key, kind: type[T], shared: SharedHit | None, error: Exception
-    ) -> tuple[DailySeries | Quote, Source]:
+    ) -> tuple[Value, Source]:
         """The shared tier's expired copy instead of `error`, if it has one."""
         if shared is None:
             raise error
         return self._stale(key, kind.model_validate(shared.value), error)
 
-    def _stale(
-        self, key: Key, value: DailySeries | Quote, cause: Exception
-    ) -> tuple[DailySeries | Quote, Source]:
+    def _stale(self, key: Key, value: Value, cause: Exception) -> tuple[Value, Source]:
         function, symbol = key
         self._events.count_cache(function, "stale")
         logger.info(
@@ -299,7 +305,7 @@ class StockService:
             self._events.observe_upstream(function, outcome, time.perf_counter() - started)
 
     @staticmethod
-    def _of_kind(kind: type[T], value: DailySeries | Quote) -> T:
+    def _of_kind(kind: type[T], value: Value) -> T:
         # One cache holds both kinds; the function in the key decides which one a value is.
         if not isinstance(value, kind):
             raise TypeError(f"cached {type(value).__name__} where {kind.__name__} belongs")

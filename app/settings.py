@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.state import check_state_url
 
 ALPHAVANTAGE_URL = "https://www.alphavantage.co/query"
+# What GET /query (app/gateway.py) can answer; GATEWAY_FUNCTIONS may narrow it.
+GATEWAY_FUNCTIONS = ("TIME_SERIES_DAILY", "GLOBAL_QUOTE", "SYMBOL_SEARCH")
 
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -84,6 +86,9 @@ class Settings(StoreSettings):
     shutdown_drain_seconds: Seconds = 2.0
     shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 20
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Comma-separated: the functions GET /query answers; any other gets Alpha Vantage's
+    # "does not exist" Error Message. Empty turns the gateway's answers off.
+    gateway_functions: str = ",".join(GATEWAY_FUNCTIONS)
 
     @field_validator("alphavantage_api_key", mode="before")
     @classmethod
@@ -103,6 +108,18 @@ class Settings(StoreSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    @field_validator("gateway_functions")
+    @classmethod
+    def _known_gateway_functions(cls, value: str) -> str:
+        names = [name.strip().upper() for name in value.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(GATEWAY_FUNCTIONS))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} cannot be answered (choose from: "
+                f"{', '.join(GATEWAY_FUNCTIONS)})"
+            )
+        return ",".join(dict.fromkeys(names))
 
     @model_validator(mode="after")
     def _window_can_reach_a_verdict(self) -> Settings:

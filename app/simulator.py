@@ -6,9 +6,10 @@ for word beside the fault modes that send them.
 Run it with `python -m app.simulator --host 127.0.0.1 --port 8081`.
 
 `GET /query` serves TIME_SERIES_DAILY (compact: the latest 100 weekdays up to today, UTC;
-outputsize=full answers the premium message) and GLOBAL_QUOTE (the newest daily bar). Every
-number is a string. Prices are a random walk seeded from the symbol, so a symbol always gets
-the same series on a given day. Any non-empty apikey is accepted.
+outputsize=full answers the premium message), GLOBAL_QUOTE (the newest daily bar) and
+SYMBOL_SEARCH (over a few real listings, `LISTINGS`). Every number is a string. Prices are a
+random walk seeded from the symbol, so a symbol always gets the same series on a given day.
+Any non-empty apikey is accepted.
 
 Symbols are upper-cased; every well-formed symbol is known, except that "ZZ..." symbols are
 unknown to the simulator: they get Alpha Vantage's unknown-symbol answers.
@@ -264,6 +265,51 @@ def _global_quote(symbol: str, today: dt.date) -> dict[str, Any]:
     return {"Global Quote": quote}
 
 
+# Each market's region, hours, time zone and currency, as Alpha Vantage lists them.
+MARKETS = {
+    "US": ("United States", "09:30", "16:00", "UTC-04", "USD"),
+    "LON": ("United Kingdom", "08:00", "16:30", "UTC+01", "GBX"),
+    "FRK": ("Frankfurt", "08:00", "20:00", "UTC+02", "EUR"),
+}
+LISTINGS = (  # (symbol, name, market): what SYMBOL_SEARCH searches
+    ("IBM", "International Business Machines Corp", "US"),
+    ("MSFT", "Microsoft Corporation", "US"),
+    ("BA", "Boeing Company", "US"),
+    ("TSCO.LON", "Tesco PLC", "LON"),
+    ("TSCDF", "Tesco plc", "US"),
+    ("TSCDY", "Tesco plc", "US"),
+    ("TCO2.FRK", "TESCO PLC ADR/1 LS-05", "FRK"),
+)
+MATCH_KEYS = (
+    "1. symbol",
+    "2. name",
+    "3. type",
+    "4. region",
+    "5. marketOpen",
+    "6. marketClose",
+    "7. timezone",
+    "8. currency",
+)
+
+
+def _symbol_search(keywords: str) -> dict[str, Any]:
+    """Listings whose symbol or name contains `keywords`, best first: a score of 1 for the
+    symbol itself, else the share of the name the keywords cover."""
+    wanted = keywords.strip().lower()
+    found: list[tuple[float, tuple[str, ...]]] = []
+    for symbol, name, market in LISTINGS:
+        if wanted and (wanted in symbol.lower() or wanted in name.lower()):
+            score = 1.0 if wanted == symbol.lower() else len(wanted) / len(name)
+            found.append((score, (symbol, name, "Equity", *MARKETS[market])))
+    found.sort(key=lambda scored: -scored[0])
+    return {
+        "bestMatches": [
+            dict(zip(MATCH_KEYS, listing, strict=True)) | {"9. matchScore": f"{score:.4f}"}
+            for score, listing in found
+        ]
+    }
+
+
 def _answer(params: Mapping[str, str], today: dt.date) -> dict[str, Any]:
     """The healthy answer to a /query request."""
     if not params.get("apikey"):
@@ -274,6 +320,8 @@ def _answer(params: Mapping[str, str], today: dt.date) -> dict[str, Any]:
         return _time_series_daily(symbol, params, today)
     if function == "GLOBAL_QUOTE":
         return _global_quote(symbol, today)
+    if function == "SYMBOL_SEARCH" and "keywords" in params:
+        return _symbol_search(params["keywords"])
     return _invalid_call(function)
 
 

@@ -38,7 +38,7 @@ from app.errors import UpstreamError, is_upstream_failure
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
 from app.models import DailySeries, Quote
-from app.service import Lane, StockService
+from app.service import Key, Lane, StockService, Value
 from app.shared_cache import SharedCache
 from app.state import MemoryState
 
@@ -111,7 +111,7 @@ def build_replica(
         max_wait=2.0,
         clock=clock,
     )
-    cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
+    cache: TTLCache[Key, Value] = TTLCache(
         ttl=config.ttl, stale=86400, max_entries=10_000, clock=clock
     )
     return StockService(

@@ -339,3 +339,30 @@ async def timed_get(api: httpx.AsyncClient, path: str) -> Timed:
     started = time.perf_counter()
     response = await api.get(path)
     return Timed(response, time.perf_counter() - started)
+
+
+# -- consumers, as an operator creates them ------------------------------------------------
+
+
+def consumers_cli(state_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m app consumers ARGS` on `state_url`, with no API key in its environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", "consumers", *args],
+        env=server_environment({"STATE_URL": state_url}),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def add_consumer(state_url: str, cwd: Path, name: str, *limits: str) -> str:
+    """Create consumer `name`; its token, which `add` prints alone on stdout."""
+    done = consumers_cli(state_url, cwd, "add", name, *limits)
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    assert len(token) >= 43
+    assert done.stdout == token + "\n"  # the token alone, once
+    assert token not in done.stderr
+    return token

@@ -219,6 +219,77 @@ async def test_a_non_us_listing_parses_like_any_other(av: AlphaVantageClient) ->
     assert quote.latest_trading_day == dt.date(2019, 8, 30)
 
 
+def tesco_match(symbol: str, name: str, region: str, score: str) -> dict[str, str]:
+    """A SYMBOL_SEARCH match as the real API answered `keywords=tesco` (2025)."""
+    market = {
+        "United Kingdom": ("08:00", "16:30", "UTC+01", "GBX"),
+        "United States": ("09:30", "16:00", "UTC-04", "USD"),
+    }[region]
+    keys = ("5. marketOpen", "6. marketClose", "7. timezone", "8. currency")
+    return {
+        "1. symbol": symbol,
+        "2. name": name,
+        "3. type": "Equity",
+        "4. region": region,
+        **dict(zip(keys, market, strict=True)),
+        "9. matchScore": score,
+    }
+
+
+@respx.mock
+async def test_symbol_search_parses_every_match_best_first(av: AlphaVantageClient) -> None:
+    body = {
+        "bestMatches": [
+            tesco_match("TSCO.LON", "Tesco PLC", "United Kingdom", "0.7273"),
+            tesco_match("TSCDF", "Tesco plc", "United States", "0.7143"),
+        ]
+    }
+    route = respx.get(URL).mock(return_value=httpx.Response(200, text=json.dumps(body, indent=4)))
+    found = await av.search("tesco")
+    assert found.keywords == "tesco"
+    assert [m.symbol for m in found.matches] == ["TSCO.LON", "TSCDF"]
+    first = found.matches[0]
+    assert (first.region, first.market_open, first.market_close) == (
+        "United Kingdom",
+        "08:00",
+        "16:30",
+    )
+    assert (first.timezone, first.currency, first.match_score) == ("UTC+01", "GBX", 0.7273)
+    assert dict(route.calls.last.request.url.params) == {
+        "function": "SYMBOL_SEARCH",
+        "keywords": "tesco",
+        "apikey": KEY,
+    }
+
+
+@respx.mock
+async def test_symbol_search_without_matches_is_an_answer(av: AlphaVantageClient) -> None:
+    respx.get(URL).mock(return_value=answer({"bestMatches": []}))
+    assert (await av.search("nothing like it")).matches == ()
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"bestMatches": [{"1. symbol": "TSCO.LON"}]}, BadUpstreamResponse),
+        ({"bestMatches": "none"}, BadUpstreamResponse),
+        ({}, BadUpstreamResponse),
+        (
+            {"Information": "... our standard API rate limit is 25 requests per day ..."},
+            RateLimited,
+        ),
+    ],
+    ids=["match-without-fields", "not-a-list", "empty", "daily-limit"],
+)
+async def test_symbol_search_failures_are_classified(
+    av: AlphaVantageClient, body: dict[str, Any], error: type[UpstreamError]
+) -> None:
+    respx.get(URL).mock(return_value=answer(body))
+    with pytest.raises(error):
+        await av.search("tesco")
+
+
 @respx.mock
 async def test_symbol_travels_encoded_as_a_query_parameter(av: AlphaVantageClient) -> None:
     route = respx.get(URL).mock(return_value=answer(DAILY))

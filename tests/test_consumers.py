@@ -6,8 +6,6 @@ a revocation reaches another process within a second, and no token is ever shown
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,13 @@ import pytest
 
 from app.simulator import FaultMode
 from tests.helpers import SimulatorControl, error_detail, retry_after, scrape
-from tests.servers import ServerPool, ServerProcess, async_http_client, server_environment
+from tests.servers import (
+    ServerPool,
+    ServerProcess,
+    add_consumer,
+    async_http_client,
+    consumers_cli,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,30 +30,6 @@ SETTINGS = {
     "SHUTDOWN_DRAIN_SECONDS": "0",
 }
 ADMIN = {"Authorization": f"Bearer {SETTINGS['ADMIN_TOKEN']}"}
-
-
-def consumers_cli(state_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m app consumers ARGS` on `state_url`, with no API key in its environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "app", "consumers", *args],
-        env=server_environment({"STATE_URL": state_url}),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def add_consumer(state_url: str, cwd: Path, name: str, *limits: str) -> str:
-    """Create consumer `name`; its token, which `add` prints alone on stdout."""
-    done = consumers_cli(state_url, cwd, "add", name, *limits)
-    assert done.returncode == 0, done.stderr
-    token = done.stdout.strip()
-    assert len(token) >= 43
-    assert done.stdout == token + "\n"  # the token alone, once
-    assert token not in done.stderr
-    return token
 
 
 def bearer(token: str) -> dict[str, str]:

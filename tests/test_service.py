@@ -19,8 +19,7 @@ from app.cache import TTLCache
 from app.consumers import ConsumerLimits
 from app.errors import Throttled, is_upstream_failure
 from app.limits import DAY, Bulkhead, UpstreamLimits
-from app.models import DailySeries, Quote
-from app.service import Lane, ServiceEvents, StockService
+from app.service import Key, Lane, ServiceEvents, StockService, Value
 from app.settings import Settings
 from app.shared_cache import SharedCache
 from app.simulator import FaultMode, create_simulator
@@ -230,9 +229,7 @@ async def service(events: RecordedEvents) -> AsyncIterator[StockService]:
         limits = UpstreamLimits(
             state, key="k", pacing=None, quota=(1, DAY), max_wait=0, clock=clock
         )
-        cache: TTLCache[tuple[str, str], DailySeries | Quote] = TTLCache(
-            ttl=60, stale=3600, max_entries=100, clock=clock
-        )
+        cache: TTLCache[Key, Value] = TTLCache(ttl=60, stale=3600, max_entries=100, clock=clock)
         lanes = dict.fromkeys(alphavantage.FUNCTIONS, lane)
         shared = SharedCache(state, namespace="k", ttl=60, stale=3600, lease_seconds=5)
         stock = StockService(client, lanes, limits, cache, shared, recorder, ConsumerLimits(state))

@@ -77,6 +77,7 @@ def test_a_missing_or_blank_key_is_its_own_error(
         ("BREAKER_WINDOW", "sliding"),
         ("BREAKER_BACKOFF_MULTIPLIER", "0.5"),
         ("BREAKER_BACKOFF_JITTER", "1"),
+        ("GATEWAY_FUNCTIONS", "GLOBAL_QUOTE,OVERVIEW"),
     ],
 )
 def test_a_bad_value_names_its_variable(
@@ -125,3 +126,10 @@ def test_a_count_window_smaller_than_the_minimum_is_refused(
     )
     monkeypatch.setenv("BREAKER_WINDOW", "time")  # 10 calls in 5 s is fine
     assert load_settings().breaker_window_size == 5
+
+
+def test_gateway_functions_are_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "k")
+    assert load_settings().gateway_functions == "TIME_SERIES_DAILY,GLOBAL_QUOTE,SYMBOL_SEARCH"
+    monkeypatch.setenv("GATEWAY_FUNCTIONS", " global_quote,, GLOBAL_QUOTE ")
+    assert load_settings().gateway_functions == "GLOBAL_QUOTE"

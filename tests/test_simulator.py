@@ -159,6 +159,28 @@ async def test_unknown_or_malformed_symbol(client: httpx.AsyncClient, symbol: st
     assert quote == {"Global Quote": {}}
 
 
+async def test_symbol_search_finds_listings_by_symbol_or_name(client: httpx.AsyncClient) -> None:
+    body = await get_json(client, function="SYMBOL_SEARCH", keywords="Tesco", apikey="k")
+    matches = body["bestMatches"]
+    assert matches[0] == {
+        "1. symbol": "TSCO.LON",
+        "2. name": "Tesco PLC",
+        "3. type": "Equity",
+        "4. region": "United Kingdom",
+        "5. marketOpen": "08:00",
+        "6. marketClose": "16:30",
+        "7. timezone": "UTC+01",
+        "8. currency": "GBX",
+        "9. matchScore": matches[0]["9. matchScore"],
+    }
+    scores = [float(match["9. matchScore"]) for match in matches]
+    assert scores == sorted(scores, reverse=True)
+    ibm = await get_json(client, function="SYMBOL_SEARCH", keywords="ibm", apikey="k")
+    assert ibm["bestMatches"][0]["9. matchScore"] == "1.0000"
+    none = await get_json(client, function="SYMBOL_SEARCH", keywords="zzz", apikey="k")
+    assert none == {"bestMatches": []}
+
+
 async def test_unknown_function(client: httpx.AsyncClient) -> None:
     body = await get_json(client, function="NO_SUCH_THING", symbol="IBM", apikey="k")
     assert body["Error Message"].startswith("Invalid API call.")
