@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock lock-upgrade tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota bench-store bench-outage clean
+.PHONY: install lock lock-upgrade tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota bench-store bench-outage bench-consumers clean
 
 # From the lock (requirements/dev.txt), not the newest releases: every checkout and CI install
 # the same versions, checked against the hashes. The project itself goes in without
@@ -106,6 +106,12 @@ bench-store: $(STAMP) tools
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
 		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
 	$(BIN)/python bench/store_overhead.py
+
+# Two consumers sharing a key, and what the token check costs a cache hit.
+bench-consumers: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
+		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
+	$(BIN)/python bench/consumers.py
 
 # Upstream calls an outage costs before every breaker is open, 1 replica against 3.
 bench-outage: $(STAMP)
