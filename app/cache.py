@@ -20,8 +20,8 @@ class Hit(Generic[V]):
 
 
 class TTLCache(Generic[K, V]):
-    """Entries are fresh for `ttl` seconds and kept `stale` seconds longer; the least recently
-    used entry goes first once there are `max_entries`."""
+    """Entries are fresh for `ttl` seconds (or the TTL given to their `put`) and kept `stale`
+    seconds longer; the least recently used entry goes first once there are `max_entries`."""
 
     def __init__(
         self,
@@ -32,10 +32,11 @@ class TTLCache(Generic[K, V]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ttl = ttl
-        self._keep = ttl + stale
+        self._stale = stale
         self._max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
+        # (value, stored at, its TTL)
+        self._entries: OrderedDict[K, tuple[V, float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -44,18 +45,19 @@ class TTLCache(Generic[K, V]):
         entry = self._entries.get(key)
         if entry is None:
             return None
-        value, stored_at = entry
+        value, stored_at, ttl = entry
         age = self._clock() - stored_at
-        if age >= self._keep:
+        if age >= ttl + self._stale:
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        return Hit(value, age < self._ttl)
+        return Hit(value, age < ttl)
 
-    def put(self, key: K, value: V, age: float = 0.0) -> None:
+    def put(self, key: K, value: V, age: float = 0.0, ttl: float | None = None) -> None:
         """Keep `value`, fetched `age` seconds ago (elsewhere, when it comes from the shared
-        tier): it is fresh for what is left of its TTL, not a whole one."""
-        self._entries[key] = (value, self._clock() - age)
+        tier): it is fresh for what is left of its TTL, not a whole one. `ttl` overrides the
+        cache's own for this entry (pass-through functions each have theirs)."""
+        self._entries[key] = (value, self._clock() - age, self._ttl if ttl is None else ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)

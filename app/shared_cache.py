@@ -41,7 +41,8 @@ class SharedHit:
 
 
 class SharedCache:
-    """Values fresh for `ttl` seconds and kept `stale` seconds longer, for every process.
+    """Values fresh for `ttl` seconds (or the TTL given to their `put`) and kept `stale`
+    seconds longer, for every process.
     A lease on a key lasts `lease_seconds` at most, so a holder that dies blocks no one for
     longer than that."""
 
@@ -58,7 +59,7 @@ class SharedCache:
         self._store = store
         self._namespace = namespace
         self._ttl = ttl
-        self._keep = ttl + stale
+        self._stale = stale
         self._lease_seconds = lease_seconds
         self._clock = clock
         self._holder = uuid.uuid4().hex  # this process, in the leases it takes
@@ -68,15 +69,21 @@ class SharedCache:
             if not isinstance(document, dict) or "fetched_at" not in document:
                 return document, None  # nothing, or not a document of ours: a miss
             age = max(0.0, now - document["fetched_at"])
-            return document, SharedHit(document["value"], age, age < self._ttl)
+            # Documents written before TTLs were per value hold none: the tier's own applies.
+            ttl = document.get("ttl", self._ttl)
+            return document, SharedHit(document["value"], age, age < ttl)
 
         return await self._quietly(self._key("value", key), read, None)
 
-    async def put(self, key: str, value: dict[str, Any]) -> None:
-        def write(document: Document, now: float) -> tuple[Document, None]:
-            return {"value": value, "fetched_at": now}, None
+    async def put(self, key: str, value: dict[str, Any], ttl: float | None = None) -> None:
+        """Share `value`, fresh for `ttl` seconds (None: the tier's own TTL)."""
+        fresh_for = self._ttl if ttl is None else ttl
 
-        await self._quietly(self._key("value", key), write, None, keep_for=self._keep)
+        def write(document: Document, now: float) -> tuple[Document, None]:
+            return {"value": value, "fetched_at": now, "ttl": fresh_for}, None
+
+        keep_for = fresh_for + self._stale
+        await self._quietly(self._key("value", key), write, None, keep_for=keep_for)
 
     async def lease(self, key: str) -> bool:
         """Take the key's flight lease; False if another process holds it. With the store

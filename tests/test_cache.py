@@ -35,6 +35,33 @@ def test_put_refreshes_an_entry() -> None:
     assert cache.get("a") == Hit(2, fresh=True)
 
 
+def test_a_put_can_give_its_entry_its_own_ttl() -> None:
+    clock = FakeClock()
+    cache = make(clock)  # ttl=10, stale=100
+    cache.put("short", 1, ttl=2)
+    cache.put("long", 2, ttl=60)
+    cache.put("default", 3)
+    clock.advance(2)
+    assert cache.get("short") == Hit(1, fresh=False)
+    assert cache.get("long") == Hit(2, fresh=True)
+    assert cache.get("default") == Hit(3, fresh=True)
+    clock.advance(8)
+    assert cache.get("default") == Hit(3, fresh=False)
+    assert cache.get("long") == Hit(2, fresh=True)
+    clock.advance(92)  # 102 s: past the short entry's 2 + 100, within the long one's 60 + 100
+    assert cache.get("short") is None
+    assert cache.get("long") == Hit(2, fresh=False)
+
+
+def test_an_entry_from_elsewhere_keeps_its_own_ttl_less_its_age() -> None:
+    clock = FakeClock()
+    cache = make(clock)
+    cache.put("a", 1, age=50, ttl=60)
+    assert cache.get("a") == Hit(1, fresh=True)
+    clock.advance(10)
+    assert cache.get("a") == Hit(1, fresh=False)
+
+
 def test_least_recently_used_entry_goes_first() -> None:
     clock = FakeClock()
     cache = make(clock, max_entries=2)
