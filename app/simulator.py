@@ -1,14 +1,17 @@
 """A built-in Alpha Vantage simulator: a Starlette app answering in Alpha Vantage's real shapes.
 
-Over 300 lines because about a third of it is Alpha Vantage's own message texts, kept word
+Over 400 lines because about a third of it is Alpha Vantage's own message texts, kept word
 for word beside the fault modes that send them.
 
 Run it with `python -m app.simulator --host 127.0.0.1 --port 8081`.
 
 `GET /query` serves TIME_SERIES_DAILY (compact: the latest 100 weekdays up to today, UTC;
 outputsize=full answers the premium message), GLOBAL_QUOTE (the newest daily bar) and
-SYMBOL_SEARCH (over a few real listings, `LISTINGS`). Every number is a string. Prices are a
-random walk seeded from the symbol, so a symbol always gets the same series on a given day.
+SYMBOL_SEARCH (over a few real listings, `LISTINGS`) and, for the gateway's pass-through,
+TIME_SERIES_INTRADAY (`interval` 1min to 60min, the last INTRADAY_BARS bars to 16:00 of the
+newest trading day; `datatype=csv` as Alpha Vantage's download). Every number is a string.
+Prices are a random walk seeded from the symbol, so a symbol always gets the same series on a
+given day.
 Any non-empty apikey is accepted.
 
 Symbols are upper-cased; every well-formed symbol is known, except that "ZZ..." symbols are
@@ -92,6 +95,9 @@ MAINTENANCE_PAGE = "<html><body><h1>Down for maintenance</h1><p>Back soon.</p></
 HTTP_429_RETRY_AFTER = "30"
 OVERSIZED_PADDING_BYTES = 6_000_000
 _PADDING_CHUNK = b"x" * 65_536
+INTRADAY_MINUTES = {"1min": 1, "5min": 5, "15min": 15, "30min": 30, "60min": 60}
+INTRADAY_BARS = 10
+CSV_MEDIA_TYPE = "application/x-download"  # how Alpha Vantage sends datatype=csv
 
 
 class FaultMode(enum.StrEnum):
@@ -265,6 +271,52 @@ def _global_quote(symbol: str, today: dt.date) -> dict[str, Any]:
     return {"Global Quote": quote}
 
 
+def _intraday_bars(symbol: str, interval: str, today: dt.date) -> list[tuple[str, dict[str, str]]]:
+    """INTRADAY_BARS bars of `interval` up to 16:00 of the newest trading day, newest first:
+    a walk from that day's open, seeded from the symbol and interval."""
+    day, daily = _daily_bars(symbol, today)[0]
+    rng = random.Random(hashlib.sha256(f"{symbol}:{interval}".encode()).digest())  # noqa: S311
+    step = dt.timedelta(minutes=INTRADAY_MINUTES[interval])
+    end = dt.datetime.combine(day, dt.time(16, 0))
+    price = float(daily["1. open"])
+    bars: list[tuple[str, dict[str, str]]] = []
+    for n in reversed(range(INTRADAY_BARS)):
+        open_, close = price, round(price * math.exp(rng.gauss(0, 0.002)), 2)
+        high = round(max(open_, close) * (1 + abs(rng.gauss(0, 0.001))), 2)
+        low = round(min(open_, close) * (1 - abs(rng.gauss(0, 0.001))), 2)
+        bar = {"1. open": open_, "2. high": high, "3. low": low, "4. close": close}
+        formatted = {key: f"{value:.4f}" for key, value in bar.items()}
+        volume = str(rng.randint(1_000, 100_000))
+        bars.append(
+            ((end - n * step).strftime("%Y-%m-%d %H:%M:%S"), formatted | {"5. volume": volume})
+        )
+        price = close
+    return bars[::-1]
+
+
+def _time_series_intraday(
+    symbol: str, params: Mapping[str, str], today: dt.date
+) -> dict[str, Any] | str:
+    """The JSON document, or the CSV text when datatype=csv (errors stay JSON, as Alpha
+    Vantage's do)."""
+    interval = params.get("interval", "")
+    if not _known(symbol) or interval not in INTRADAY_MINUTES:
+        return _invalid_call("TIME_SERIES_INTRADAY")
+    bars = _intraday_bars(symbol, interval, today)
+    if params.get("datatype") == "csv":
+        rows = [f"{when},{','.join(bar.values())}" for when, bar in bars]
+        return "\r\n".join(["timestamp,open,high,low,close,volume", *rows, ""])
+    meta = {
+        "1. Information": f"Intraday ({interval}) open, high, low, close prices and volume",
+        "2. Symbol": symbol,
+        "3. Last Refreshed": bars[0][0],
+        "4. Interval": interval,
+        "5. Output Size": "Compact",
+        "6. Time Zone": "US/Eastern",
+    }
+    return {"Meta Data": meta, f"Time Series ({interval})": dict(bars)}
+
+
 # Each market's region, hours, time zone and currency, as Alpha Vantage lists them.
 MARKETS = {
     "US": ("United States", "09:30", "16:00", "UTC-04", "USD"),
@@ -310,8 +362,8 @@ def _symbol_search(keywords: str) -> dict[str, Any]:
     }
 
 
-def _answer(params: Mapping[str, str], today: dt.date) -> dict[str, Any]:
-    """The healthy answer to a /query request."""
+def _answer(params: Mapping[str, str], today: dt.date) -> dict[str, Any] | str:
+    """The healthy answer to a /query request: a JSON document, or CSV text."""
     if not params.get("apikey"):
         return {"Error Message": APIKEY_ERROR}
     function = params.get("function", "")
@@ -322,6 +374,8 @@ def _answer(params: Mapping[str, str], today: dt.date) -> dict[str, Any]:
         return _global_quote(symbol, today)
     if function == "SYMBOL_SEARCH" and "keywords" in params:
         return _symbol_search(params["keywords"])
+    if function == "TIME_SERIES_INTRADAY":
+        return _time_series_intraday(symbol, params, today)
     return _invalid_call(function)
 
 
@@ -342,7 +396,12 @@ def create_simulator(*, today: Callable[[], dt.date] = _utc_today) -> Starlette:
             return fixed(params)
         if mode is FaultMode.SLOW:
             await asyncio.sleep(sim.delay_seconds)
-        answer = JSONResponse(_answer(params, today()))
+        document = _answer(params, today())
+        answer = (
+            JSONResponse(document)
+            if isinstance(document, dict)
+            else Response(document, media_type=CSV_MEDIA_TYPE)
+        )
         if mode is FaultMode.BAD_JSON:
             # At most half of the document, so even a tiny answer like {"Global Quote": {}} breaks.
             body = answer.body[: min(40, len(answer.body) // 2)]

@@ -181,6 +181,35 @@ async def test_symbol_search_finds_listings_by_symbol_or_name(client: httpx.Asyn
     assert none == {"bestMatches": []}
 
 
+async def test_intraday_shape(client: httpx.AsyncClient) -> None:
+    params = {"function": "TIME_SERIES_INTRADAY", "symbol": "ibm", "interval": "5min"}
+    body = await get_json(client, **params, apikey="k")
+    assert list(body) == ["Meta Data", "Time Series (5min)"]
+    assert body["Meta Data"]["2. Symbol"] == "IBM"
+    assert body["Meta Data"]["3. Last Refreshed"] == "2024-06-14 16:00:00"
+    series = body["Time Series (5min)"]
+    assert list(series)[:2] == ["2024-06-14 16:00:00", "2024-06-14 15:55:00"]
+    assert all(NUMBER.match(bar["4. close"]) for bar in series.values())
+    assert await get_json(client, **params, apikey="other") == body  # deterministic
+
+
+async def test_intraday_as_csv(client: httpx.AsyncClient) -> None:
+    params = {"function": "TIME_SERIES_INTRADAY", "symbol": "IBM", "interval": "60min"}
+    response = await client.get("/query", params={**params, "datatype": "csv", "apikey": "k"})
+    assert response.headers["content-type"] == "application/x-download"
+    header, first, *_, end = response.text.split("\r\n")
+    assert header == "timestamp,open,high,low,close,volume"
+    assert first.startswith("2024-06-14 16:00:00,")
+    assert end == ""
+
+
+@pytest.mark.parametrize(("symbol", "interval"), [("ZZNONE", "5min"), ("IBM", "2min")])
+async def test_intraday_bad_call(client: httpx.AsyncClient, symbol: str, interval: str) -> None:
+    params = {"function": "TIME_SERIES_INTRADAY", "symbol": symbol, "interval": interval}
+    body = await get_json(client, **params, apikey="k", datatype="csv")  # errors stay JSON
+    assert body["Error Message"].startswith("Invalid API call.")
+
+
 async def test_unknown_function(client: httpx.AsyncClient) -> None:
     body = await get_json(client, function="NO_SUCH_THING", symbol="IBM", apikey="k")
     assert body["Error Message"].startswith("Invalid API call.")
