@@ -13,6 +13,7 @@ import datetime as dt
 import email.utils
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -26,12 +27,14 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from app.models import DailySeries, Quote, SymbolMatches
+from app.models import DailySeries, Quote, RawAnswer, SymbolMatches
 
 DAILY = "TIME_SERIES_DAILY"
 QUOTE = "GLOBAL_QUOTE"
 SEARCH = "SYMBOL_SEARCH"
 FUNCTIONS = (DAILY, QUOTE, SEARCH)
+JSON_MEDIA_TYPE = "application/json"
+CSV_MEDIA_TYPE = "application/x-download"  # how Alpha Vantage sends datatype=csv
 # Alpha Vantage's SYMBOL_SEARCH keys, by SymbolMatch field.
 MATCH_KEYS = {
     "symbol": "1. symbol",
@@ -204,21 +207,33 @@ class AlphaVantageClient:
     async def search(self, keywords: str) -> SymbolMatches:
         return parse_search(keywords, await self._get(SEARCH, keywords=keywords))
 
+    async def raw(self, params: Mapping[str, str]) -> RawAnswer:
+        """Pass-through: `params` sent as they are, with the service's key; the answer as it
+        came when it is data (JSON, or CSV when datatype=csv asks for it). A message (a JSON
+        object holding "Error Message", "Information" or "Note"), `{}` or anything else
+        raises as the other methods do: Alpha Vantage's texts are never passed on."""
+        function = params.get("function", "")
+        body, content_type = await self._send(dict(params))
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadUpstreamResponse("Alpha Vantage sent a body that is not UTF-8") from None
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            # An HTML page (a proxy's, a portal's) is no CSV, whatever was asked for.
+            if params.get("datatype") != "csv" or content_type.startswith("text/html"):
+                raise BadUpstreamResponse("Alpha Vantage sent a body that is not JSON") from None
+            return RawAnswer(body=text, media_type=CSV_MEDIA_TYPE)
+        if isinstance(payload, dict) and (
+            not payload or any(key in payload for key in MESSAGE_KEYS)
+        ):
+            raise classify_message(function, payload)
+        return RawAnswer(body=text, media_type=JSON_MEDIA_TYPE)
+
     async def _get(self, function: str, **query: str) -> dict[str, Any]:
         # Symbols and keywords travel only as encoded query parameters, never in the URL.
-        params = {"function": function, **query}
-        params["apikey"] = self._api_key.get_secret_value()
-        try:
-            async with asyncio.timeout(self._timeout), self._slots:
-                body = await self._read(params)
-        except (TimeoutError, httpx.TimeoutException):
-            raise UpstreamTimeout(
-                f"Alpha Vantage did not answer within {self._timeout:g} s"
-            ) from None
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(
-                f"could not reach Alpha Vantage ({type(exc).__name__})"
-            ) from None
+        body, _ = await self._send({"function": function, **query})
         try:
             payload = json.loads(body)
         except ValueError:
@@ -227,9 +242,24 @@ class AlphaVantageClient:
             raise BadUpstreamResponse("Alpha Vantage sent JSON that is not an object")
         return payload
 
-    async def _read(self, params: dict[str, str]) -> bytes:
-        """The body of a 200 answer, refused unread past `max_body_bytes` (decoded size, so a
-        compressed bomb is cut off too)."""
+    async def _send(self, params: dict[str, str]) -> tuple[bytes, str]:
+        """The body and content type of a 200 answer to `params`, the service's key added."""
+        params["apikey"] = self._api_key.get_secret_value()
+        try:
+            async with asyncio.timeout(self._timeout), self._slots:
+                return await self._read(params)
+        except (TimeoutError, httpx.TimeoutException):
+            raise UpstreamTimeout(
+                f"Alpha Vantage did not answer within {self._timeout:g} s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(
+                f"could not reach Alpha Vantage ({type(exc).__name__})"
+            ) from None
+
+    async def _read(self, params: dict[str, str]) -> tuple[bytes, str]:
+        """The body and content type of a 200 answer, refused unread past `max_body_bytes`
+        (decoded size, so a compressed bomb is cut off too)."""
         limit = self._max_body_bytes
         too_large = BadUpstreamResponse(f"Alpha Vantage sent a body over {limit} bytes")
         async with self._http.stream("GET", self._base_url, params=params) as response:
@@ -249,4 +279,4 @@ class AlphaVantageClient:
                 body += chunk
                 if len(body) > limit:
                     raise too_large
-            return bytes(body)
+            return bytes(body), response.headers.get("content-type", "")

@@ -6,6 +6,10 @@ unknown symbol as its `{"Error Message": ...}` with HTTP 200 as it does, and a c
 as `{"Information": ...}` naming the limit and when to come back, with the HTTP status and
 Retry-After that describe it. Alpha Vantage's own texts never reach the caller (a throttle
 message quotes the service's key): every message here is the service's own.
+
+Any other function is passed through (app/passthrough.py) unless GATEWAY_FUNCTIONS narrows the
+list: the caller's parameters go upstream, apikey aside, and Alpha Vantage's data comes back
+byte for byte; its messages are mapped as the built-in functions' are.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app import av_format
-from app.alphavantage import DAILY, SEARCH
+from app.alphavantage import CSV_MEDIA_TYPE, DAILY, FUNCTIONS, JSON_MEDIA_TYPE, SEARCH
 from app.breaker import CircuitOpenError
 from app.consumers import Consumer
 from app.errors import (
@@ -26,12 +30,14 @@ from app.errors import (
     UpstreamTimeout,
     retry_after_seconds,
 )
+from app.passthrough import FUNCTION_NAME, MAX_QUERY_LENGTH, query_length
 from app.routes.stock import SYMBOL_PATTERN
 from app.service import StockService
+from app.settings import ALL_FUNCTIONS
 
-JSON = "application/json"
+JSON = JSON_MEDIA_TYPE
 # Alpha Vantage sends CSV as a download: clients save or parse it whatever the type says.
-CSV = "application/x-download"
+CSV = CSV_MEDIA_TYPE
 DOCS_URL = "https://www.alphavantage.co/documentation/"
 SYMBOL = re.compile(SYMBOL_PATTERN)
 MAX_SYMBOL_LENGTH = 20
@@ -119,6 +125,14 @@ def enabled_functions(setting: str) -> frozenset[str]:
     return frozenset(name for name in setting.split(",") if name)
 
 
+def allows(functions: frozenset[str], function: str) -> bool:
+    """Whether `function` is answered: named in GATEWAY_FUNCTIONS, or any well-formed name
+    when it holds `*`."""
+    if function in functions:
+        return True
+    return ALL_FUNCTIONS in functions and FUNCTION_NAME.fullmatch(function) is not None
+
+
 def unauthorized() -> Answer:
     """No consumer token, or a wrong one: Alpha Vantage's Error Message, with the 401 and
     WWW-Authenticate that HTTP clients expect."""
@@ -140,12 +154,14 @@ async def answer(
     """The answer to GET /query with `params`, its upstream calls charged to `consumer`;
     raises nothing an upstream call can raise."""
     function = params.get("function", "")
-    if function not in functions:
+    if not allows(functions, function):
         return error_message(f"This API function ({function}) does not exist.")
     datatype = params.get("datatype", "json")
     if datatype not in DATATYPES:
         return invalid_call(function)
     try:
+        if function not in FUNCTIONS:
+            return await passthrough(service, function, params, consumer)
         if function == SEARCH:
             return await search(service, params.get("keywords", ""), datatype, consumer)
         symbol = params.get("symbol", "").upper()
@@ -171,6 +187,15 @@ async def answer(
     except UpstreamFailure as exc:
         status_code = 504 if isinstance(exc, UpstreamTimeout) else 502
         return information(f"The stock service could not get an answer: {exc.detail}.", status_code)
+
+
+async def passthrough(
+    service: StockService, function: str, params: Mapping[str, str], consumer: Consumer | None
+) -> Answer:
+    if query_length(params) > MAX_QUERY_LENGTH:
+        return invalid_call(function)  # never sent upstream
+    raw, _ = await service.passthrough(params, consumer)
+    return Answer(raw.body.encode(), raw.media_type)
 
 
 async def daily(

@@ -12,14 +12,13 @@ import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app import alphavantage
 from app.error_handlers import add_error_handlers
 from app.errors import StoreUnavailable
 from app.lifecycle import ReadSettingsFirst, drain_on_sigterm
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
-from app.resources import Resources, build_resources, upstream_connections
+from app.resources import LANE_FUNCTIONS, Resources, build_resources, upstream_connections
 from app.routes import circuit_breaker, consumers, gateway, ops, stock, upstream
 from app.settings import Settings, load_settings
 from app.state import ObservedState, describe, open_state
@@ -115,7 +114,7 @@ def create_app(
     get_routes = [
         r.path for r in app.routes if isinstance(r, APIRoute) and "GET" in (r.methods or ())
     ]
-    metrics = Metrics(alphavantage.FUNCTIONS, get_routes)
+    metrics = Metrics(LANE_FUNCTIONS, get_routes)
     static_routes = frozenset(
         url for url in (app.openapi_url, app.docs_url, app.redoc_url) if url is not None
     )

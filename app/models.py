@@ -97,6 +97,16 @@ class SymbolMatches(BaseModel):
     matches: tuple[SymbolMatch, ...]
 
 
+class RawAnswer(BaseModel):
+    """A pass-through function's answer as Alpha Vantage sent it, data only (never one of its
+    messages): the text, byte for byte once encoded as UTF-8, and the media type to send."""
+
+    model_config = ConfigDict(frozen=True)
+
+    body: str
+    media_type: str
+
+
 class BreakerSnapshot(BaseModel):
     name: str
     state: Literal["closed", "open", "half_open"]

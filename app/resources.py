@@ -16,6 +16,7 @@ from app.consumers import ConsumerLimits, ConsumerRegistry
 from app.errors import is_upstream_failure
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
+from app.passthrough import PASSTHROUGH, parse_ttls
 from app.rendering import Renderer
 from app.service import Key, Lane, StockService, Value
 from app.settings import Settings
@@ -23,6 +24,9 @@ from app.shared_cache import SharedCache
 from app.state import ObservedState
 
 BREAKER_NAME = "alphavantage"  # the shared breaker; with BREAKER_SCOPE=function, a prefix
+# What the service's lanes are keyed by: each built-in function, and the gateway's pass-through
+# (one lane for every function passed through, whose names callers choose).
+LANE_FUNCTIONS = (*alphavantage.FUNCTIONS, PASSTHROUGH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +48,7 @@ class Resources:
 
 def upstream_connections(settings: Settings) -> int:
     """The httpx pool's size: every bulkhead slot of every lane can hold a connection."""
-    lanes = len(alphavantage.FUNCTIONS) if settings.breaker_scope == "function" else 1
+    lanes = len(LANE_FUNCTIONS) if settings.breaker_scope == "function" else 1
     return settings.upstream_max_concurrency * lanes
 
 
@@ -68,9 +72,9 @@ def build_resources(
     state: ObservedState,
 ) -> Resources:
     if settings.breaker_scope == "function":
-        names = {f: f"{BREAKER_NAME}_{f.lower()}" for f in alphavantage.FUNCTIONS}
+        names = {f: f"{BREAKER_NAME}_{f.lower()}" for f in LANE_FUNCTIONS}
     else:
-        names = dict.fromkeys(alphavantage.FUNCTIONS, BREAKER_NAME)
+        names = dict.fromkeys(LANE_FUNCTIONS, BREAKER_NAME)
     key = key_digest(settings.alphavantage_api_key)
     lanes_by_name = {
         name: build_lane(name, settings, metrics, breaker_sharing(settings, state, key, name))
@@ -115,7 +119,16 @@ def build_resources(
         + 12 * settings.state_timeout_seconds,
     )
     consumer_limits = ConsumerLimits(state)
-    service = StockService(client, lanes, limits, cache, shared, metrics, consumer_limits)
+    service = StockService(
+        client,
+        lanes,
+        limits,
+        cache,
+        shared,
+        metrics,
+        consumer_limits,
+        passthrough_ttls=parse_ttls(settings.gateway_passthrough_ttls),
+    )
     return Resources(
         settings=settings,
         http=http,

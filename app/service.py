@@ -24,14 +24,16 @@ from app.cache import SingleFlight, TTLCache
 from app.consumers import ANONYMOUS, Consumer, ConsumerLimits
 from app.errors import ConsumerThrottled, RateLimited, Throttled, UpstreamError, UpstreamFailure
 from app.limits import Bulkhead, UpstreamLimits
-from app.models import DailySeries, Quote, Source, SymbolMatches
+from app.models import DailySeries, Quote, RawAnswer, Source, SymbolMatches
+from app.passthrough import PASSTHROUGH, canonical_query, function_of, upstream_params
 from app.shared_cache import SharedCache, SharedHit
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T", DailySeries, Quote, SymbolMatches)
-Value = DailySeries | Quote | SymbolMatches
-Key = tuple[str, str]  # (function, symbol), or (SYMBOL_SEARCH, normalised keywords)
+T = TypeVar("T", DailySeries, Quote, SymbolMatches, RawAnswer)
+Value = DailySeries | Quote | SymbolMatches | RawAnswer
+# (function, symbol), (SYMBOL_SEARCH, normalised keywords), or (PASSTHROUGH, canonical query)
+Key = tuple[str, str]
 # What a stale copy may stand in for: failures, throttles and rejections, not bad questions.
 FAILURES = (UpstreamFailure, RateLimited, CircuitOpenError, Throttled)
 
@@ -75,7 +77,10 @@ class StockService:
         shared: SharedCache,
         events: ServiceEvents,
         consumer_limits: ConsumerLimits,
+        passthrough_ttls: Mapping[str, float] | None = None,
     ) -> None:
+        """`passthrough_ttls`: seconds a pass-through function's answers stay fresh, by
+        function; the caches' own TTL for the others."""
         self._client = client
         self._lanes = lanes
         self._limits = limits
@@ -83,6 +88,7 @@ class StockService:
         self._shared = shared
         self._events = events
         self._consumer_limits = consumer_limits
+        self._passthrough_ttls = dict(passthrough_ttls or {})
         self._flights: SingleFlight[Key, tuple[Value, Source]] = SingleFlight()
 
     async def daily(
@@ -102,6 +108,18 @@ class StockService:
         """Listings matching `keywords`, which the caller normalises (normalise_keywords): one
         cache entry and one flight for every way of writing them. Charged as daily() is."""
         return await self._get(SEARCH, keywords, self._client.search, SymbolMatches, consumer)
+
+    async def passthrough(
+        self, params: Mapping[str, str], consumer: Consumer | None = None
+    ) -> tuple[RawAnswer, Source]:
+        """Alpha Vantage's answer to `params` (its `function` one the service has no model of),
+        apikey aside: one cache entry and one flight for every order of the same parameters,
+        fresh for the function's own TTL. Charged as daily() is."""
+        query = upstream_params(params)
+        canonical = canonical_query(query)
+        return await self._get(
+            PASSTHROUGH, canonical, lambda _: self._client.raw(query), RawAnswer, consumer
+        )
 
     async def aclose(self) -> None:
         await self._flights.aclose()
@@ -152,7 +170,7 @@ class StockService:
         shared = await self._shared.get(":".join(key))
         if shared is not None and shared.fresh:
             value = kind.model_validate(shared.value)
-            self._cache.put(key, value, age=shared.age)
+            self._cache.put(key, value, age=shared.age, ttl=self._ttl(key))
             return value, "cache"
         return self._stale_or_raise(key, kind, shared, error)
 
@@ -187,7 +205,7 @@ class StockService:
                 )
                 return self._stale_or_raise(key, kind, shared, error)
         value = kind.model_validate(shared.value)
-        self._cache.put(key, value, age=shared.age)
+        self._cache.put(key, value, age=shared.age, ttl=self._ttl(key))
         return value, "cache"
 
     async def _fetch_holding_the_lease(
@@ -205,7 +223,7 @@ class StockService:
             # Another process's flight landed between our look and our lease: use it.
             await self._shared.release(name)
             value = kind.model_validate(landed.value)
-            self._cache.put(key, value, age=landed.age)
+            self._cache.put(key, value, age=landed.age, ttl=self._ttl(key))
             return value, "cache"
         try:
             value = await self._call(key, lane, fetch, consumer)
@@ -215,9 +233,9 @@ class StockService:
         except BaseException:
             await self._shared.release(name)
             raise
-        self._cache.put(key, value)
+        self._cache.put(key, value, ttl=self._ttl(key))
         # Put before the lease goes: a waiter that sees no lease and no value fetches again.
-        await self._shared.put(name, value.model_dump(mode="json"))
+        await self._shared.put(name, value.model_dump(mode="json"), ttl=self._ttl(key))
         await self._shared.release(name)
         return value, "upstream"
 
@@ -235,6 +253,13 @@ class StockService:
             self._count_held_back(exc, consumer)
             detail = f"Alpha Vantage call held back: {exc.detail}"
             raise type(exc)(detail, exc.reason, exc.retry_after) from None
+
+    def _ttl(self, key: Key) -> float | None:
+        """A pass-through function's own TTL, if it has one; None: the caches' own."""
+        function, query = key
+        if function != PASSTHROUGH:
+            return None
+        return self._passthrough_ttls.get(function_of(query))
 
     def _count_held_back(self, exc: Throttled, consumer: Consumer | None) -> None:
         self._events.count_throttled(exc.reason)

@@ -8,11 +8,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.passthrough import FUNCTION_NAME, parse_ttls
 from app.state import check_state_url
 
 ALPHAVANTAGE_URL = "https://www.alphavantage.co/query"
-# What GET /query (app/gateway.py) can answer; GATEWAY_FUNCTIONS may narrow it.
-GATEWAY_FUNCTIONS = ("TIME_SERIES_DAILY", "GLOBAL_QUOTE", "SYMBOL_SEARCH")
+# GATEWAY_FUNCTIONS's value for every function: the three GET /query (app/gateway.py) builds
+# answers for, and pass-through of any other.
+ALL_FUNCTIONS = "*"
 
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -86,9 +88,12 @@ class Settings(StoreSettings):
     shutdown_drain_seconds: Seconds = 2.0
     shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 20
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    # Comma-separated: the functions GET /query answers; any other gets Alpha Vantage's
-    # "does not exist" Error Message. Empty turns the gateway's answers off.
-    gateway_functions: str = ",".join(GATEWAY_FUNCTIONS)
+    # Comma-separated: the functions GET /query answers, built-in or passed through; `*` for
+    # all of them. Any other gets Alpha Vantage's "does not exist" Error Message. Empty: none.
+    gateway_functions: str = ALL_FUNCTIONS
+    # Comma-separated FUNCTION=seconds: how long a pass-through function's answers stay fresh;
+    # CACHE_TTL_SECONDS for the functions not named.
+    gateway_passthrough_ttls: str = ""
 
     @field_validator("alphavantage_api_key", mode="before")
     @classmethod
@@ -111,15 +116,22 @@ class Settings(StoreSettings):
 
     @field_validator("gateway_functions")
     @classmethod
-    def _known_gateway_functions(cls, value: str) -> str:
+    def _gateway_function_names(cls, value: str) -> str:
         names = [name.strip().upper() for name in value.split(",") if name.strip()]
-        unknown = sorted(set(names) - set(GATEWAY_FUNCTIONS))
-        if unknown:
+        malformed = sorted(
+            name for name in set(names) - {ALL_FUNCTIONS} if FUNCTION_NAME.fullmatch(name) is None
+        )
+        if malformed:
             raise ValueError(
-                f"{', '.join(unknown)} cannot be answered (choose from: "
-                f"{', '.join(GATEWAY_FUNCTIONS)})"
+                f"{', '.join(malformed)}: a function is named with letters, digits and _ "
+                f"(or {ALL_FUNCTIONS} for every one)"
             )
         return ",".join(dict.fromkeys(names))
+
+    @field_validator("gateway_passthrough_ttls")
+    @classmethod
+    def _function_ttls(cls, value: str) -> str:
+        return ",".join(f"{name}={ttl!r}" for name, ttl in parse_ttls(value).items())
 
     @model_validator(mode="after")
     def _window_can_reach_a_verdict(self) -> Settings:

@@ -77,7 +77,11 @@ def test_a_missing_or_blank_key_is_its_own_error(
         ("BREAKER_WINDOW", "sliding"),
         ("BREAKER_BACKOFF_MULTIPLIER", "0.5"),
         ("BREAKER_BACKOFF_JITTER", "1"),
-        ("GATEWAY_FUNCTIONS", "GLOBAL_QUOTE,OVERVIEW"),
+        ("GATEWAY_FUNCTIONS", "GLOBAL_QUOTE,TIME-SERIES"),
+        ("GATEWAY_FUNCTIONS", "GLOBAL QUOTE"),
+        ("GATEWAY_PASSTHROUGH_TTLS", "TIME_SERIES_INTRADAY"),
+        ("GATEWAY_PASSTHROUGH_TTLS", "TIME_SERIES_INTRADAY=-1"),
+        ("GATEWAY_PASSTHROUGH_TTLS", "NEWS SENTIMENT=60"),
     ],
 )
 def test_a_bad_value_names_its_variable(
@@ -130,6 +134,18 @@ def test_a_count_window_smaller_than_the_minimum_is_refused(
 
 def test_gateway_functions_are_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "k")
-    assert load_settings().gateway_functions == "TIME_SERIES_DAILY,GLOBAL_QUOTE,SYMBOL_SEARCH"
+    assert load_settings().gateway_functions == "*"  # the three, and pass-through of others
     monkeypatch.setenv("GATEWAY_FUNCTIONS", " global_quote,, GLOBAL_QUOTE ")
     assert load_settings().gateway_functions == "GLOBAL_QUOTE"
+    monkeypatch.setenv("GATEWAY_FUNCTIONS", "global_quote, time_series_intraday")
+    assert load_settings().gateway_functions == "GLOBAL_QUOTE,TIME_SERIES_INTRADAY"
+    monkeypatch.setenv("GATEWAY_FUNCTIONS", "")
+    assert load_settings().gateway_functions == ""
+
+
+def test_passthrough_ttls_are_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "k")
+    assert load_settings().gateway_passthrough_ttls == ""
+    monkeypatch.setenv("GATEWAY_PASSTHROUGH_TTLS", " time_series_intraday=60, NEWS_SENTIMENT=300 ")
+    ttls = load_settings().gateway_passthrough_ttls
+    assert ttls == "TIME_SERIES_INTRADAY=60.0,NEWS_SENTIMENT=300.0"

@@ -13,11 +13,13 @@ router = APIRouter(tags=["gateway"])
 
 @router.get(
     "/query",
-    summary="Alpha Vantage's API (TIME_SERIES_DAILY, GLOBAL_QUOTE, SYMBOL_SEARCH), its shapes",
+    summary="Alpha Vantage's API (TIME_SERIES_DAILY, GLOBAL_QUOTE, SYMBOL_SEARCH, others "
+    "passed through), its shapes",
     description=(
         "Parameters as Alpha Vantage takes them: `function`, `symbol` or `keywords`, "
         "`outputsize` (compact; full is premium), `datatype` (json or csv), `apikey`. "
-        "Errors as Alpha "
+        "Other functions are passed through with their parameters (apikey aside) unless "
+        "GATEWAY_FUNCTIONS narrows the list, cached by those parameters. Errors as Alpha "
         'Vantage sends them: `{"Error Message": ...}` (HTTP 200) for a bad call or an unknown '
         'symbol, `{"Information": ...}` with 429 or 503 and Retry-After for a call held back.'
     ),

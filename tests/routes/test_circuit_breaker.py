@@ -49,6 +49,7 @@ BREAKER_FIELDS = {
 DAILY_BREAKER = "alphavantage_time_series_daily"
 QUOTE_BREAKER = "alphavantage_global_quote"
 SEARCH_BREAKER = "alphavantage_symbol_search"
+PASSTHROUGH_BREAKER = "alphavantage_passthrough"  # every function passed through
 
 
 def utc_instant(value: object) -> dt.datetime:
@@ -271,20 +272,35 @@ class TestFunctionScope:
         status = await breaker_status(api)
         assert (status["name"], status["state"]) == (QUOTE_BREAKER, "open")  # the worst one
         states = {b["name"]: b["state"] for b in status["breakers"]}
-        assert states == {DAILY_BREAKER: "closed", QUOTE_BREAKER: "open", SEARCH_BREAKER: "closed"}
+        assert states == {
+            DAILY_BREAKER: "closed",
+            QUOTE_BREAKER: "open",
+            SEARCH_BREAKER: "closed",
+            PASSTHROUGH_BREAKER: "closed",
+        }
         metrics = await scrape(api)
         assert metrics.value(BREAKER_STATE, breaker=QUOTE_BREAKER) == 1.0
         assert metrics.value(BREAKER_STATE, breaker=DAILY_BREAKER) == 0.0
 
         bulkheads = (await upstream_status(api))["bulkheads"]
         assert isinstance(bulkheads, list)
-        assert [b["name"] for b in bulkheads] == [DAILY_BREAKER, QUOTE_BREAKER, SEARCH_BREAKER]
+        assert [b["name"] for b in bulkheads] == [
+            DAILY_BREAKER,
+            QUOTE_BREAKER,
+            SEARCH_BREAKER,
+            PASSTHROUGH_BREAKER,
+        ]
 
     async def test_admin_actions_can_name_one_breaker(self, api: httpx.AsyncClient) -> None:
         response = await api.post(f"/circuit-breaker/open?breaker={DAILY_BREAKER}", headers=ADMIN)
         assert response.status_code == 200
         states = {b["name"]: b["state"] for b in response.json()["breakers"]}
-        assert states == {DAILY_BREAKER: "open", QUOTE_BREAKER: "closed", SEARCH_BREAKER: "closed"}
+        assert states == {
+            DAILY_BREAKER: "open",
+            QUOTE_BREAKER: "closed",
+            SEARCH_BREAKER: "closed",
+            PASSTHROUGH_BREAKER: "closed",
+        }
         assert (await api.get("/stock/IBM/quote")).status_code == 200
         error_detail(await api.get("/stock/IBM"), 503)
 

@@ -168,3 +168,21 @@ async def test_the_store_down_before_any_read_answers_503() -> None:
         response = await api.get("/stock/IBM")
         assert "tokens cannot be checked" in error_detail(response, 503)
         assert retry_after(response) >= 1
+
+
+async def test_a_pass_through_miss_is_charged_and_a_hit_is_free(
+    app: FastAPI, api: httpx.AsyncClient, sim: SimulatorControl
+) -> None:
+    token = await registry(app).add("alice", 1, None)
+    intraday = {"function": "TIME_SERIES_INTRADAY", "symbol": "IBM", "interval": "5min"}
+    for _ in range(2):  # a miss, then a hit
+        response = await api.get("/query", params={**intraday, "apikey": token})
+        assert "Time Series (5min)" in response.json()
+    assert (await usage(api, token))["used"] == 1
+    assert await sim.calls() == {"TIME_SERIES_INTRADAY": 1}
+    assert (await scrape(api)).value(CONSUMER_CALLS, consumer="alice") == 1
+    # Another miss is past alice's budget of one call a day: held back, never sent.
+    response = await api.get("/query", params={**intraday, "interval": "1min", "apikey": token})
+    assert response.status_code == 429
+    assert "limit: consumer_budget" in response.json()["Information"]
+    assert await sim.total_calls() == 1

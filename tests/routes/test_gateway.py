@@ -38,6 +38,7 @@ QUOTE_KEYS = [
 PRICE = re.compile(r"^\d+\.\d{4}$")
 SIGNED = re.compile(r"^-?\d+\.\d{4}$")
 DOCS = "https://www.alphavantage.co/documentation/"
+INTRADAY = {"function": "TIME_SERIES_INTRADAY", "symbol": "IBM", "interval": "5min"}
 
 
 def query(**params: str) -> str:
@@ -237,10 +238,10 @@ class TestBadCalls:
         "params",
         [
             {},
-            {"function": "TIME_SERIES_WEEKLY", "symbol": "IBM"},
+            {"function": "TIME-SERIES-WEEKLY", "symbol": "IBM"},
             {"function": "time_series_daily", "symbol": "IBM"},
         ],
-        ids=["missing", "unknown", "lower-case"],
+        ids=["missing", "malformed", "lower-case"],
     )
     async def test_unknown_function_does_not_exist(
         self, api: httpx.AsyncClient, sim: SimulatorControl, params: dict[str, str]
@@ -273,10 +274,127 @@ class TestGatewayFunctions:
     def settings(self) -> Settings:
         return make_settings(gateway_functions=" global_quote ")
 
-    async def test_narrows_what_is_answered(self, api: httpx.AsyncClient) -> None:
+    async def test_narrows_what_is_answered(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
         daily = await api.get(query(function="TIME_SERIES_DAILY", symbol="IBM"))
         assert error_message(daily) == "This API function (TIME_SERIES_DAILY) does not exist."
+        intraday = await api.get(query(**INTRADAY))
+        assert error_message(intraday) == "This API function (TIME_SERIES_INTRADAY) does not exist."
+        assert await sim.total_calls() == 0
         assert "Global Quote" in av_json(await api.get(query(function="GLOBAL_QUOTE", symbol="A")))
+
+
+class TestPassthroughByName:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(gateway_functions="time_series_intraday")
+
+    async def test_a_listed_function_is_passed_through_and_no_other(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        assert "Time Series (5min)" in av_json(await api.get(query(**INTRADAY)))
+        quote = await api.get(query(function="GLOBAL_QUOTE", symbol="IBM"))
+        assert error_message(quote) == "This API function (GLOBAL_QUOTE) does not exist."
+        weekly = await api.get(query(function="TIME_SERIES_WEEKLY", symbol="IBM"))
+        assert error_message(weekly) == "This API function (TIME_SERIES_WEEKLY) does not exist."
+
+
+# -- other functions, passed through ---------------------------------------------------------
+
+
+async def upstream_answer(simulator: Starlette, **params: str) -> httpx.Response:
+    """What the simulator answers `params` when asked directly."""
+    transport = httpx.ASGITransport(app=simulator)
+    async with httpx.AsyncClient(transport=transport, base_url="http://simulator") as direct:
+        return await direct.get("/query", params={**params, "apikey": API_KEY})
+
+
+class TestPassthrough:
+    @pytest.mark.parametrize("datatype", ["json", "csv"])
+    async def test_answers_alpha_vantages_body_byte_for_byte(
+        self, api: httpx.AsyncClient, simulator: Starlette, datatype: str
+    ) -> None:
+        response = await api.get(query(**INTRADAY, datatype=datatype))
+        direct = await upstream_answer(simulator, **INTRADAY, datatype=datatype)
+        assert response.status_code == 200
+        assert response.content == direct.content
+        assert response.headers["content-type"] == direct.headers["content-type"]
+        expected = "application/json" if datatype == "json" else "application/x-download"
+        assert response.headers["content-type"] == expected
+
+    async def test_cached_by_its_parameters_whatever_their_order_and_apikey(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        first = await api.get(
+            "/query?function=TIME_SERIES_INTRADAY&symbol=IBM&interval=5min&apikey=one"
+        )
+        again = await api.get(
+            "/query?apikey=two&interval=5min&symbol=IBM&function=TIME_SERIES_INTRADAY"
+        )
+        assert again.content == first.content
+        assert await sim.calls() == {"TIME_SERIES_INTRADAY": 1}
+        other = await api.get(query(**{**INTRADAY, "interval": "60min"}))
+        assert "Time Series (60min)" in av_json(other)
+        assert await sim.calls() == {"TIME_SERIES_INTRADAY": 2}
+
+    async def test_an_upstream_error_message_is_the_gateways_own(
+        self, api: httpx.AsyncClient, simulator: Starlette
+    ) -> None:
+        params = {**INTRADAY, "symbol": "ZZNONE"}
+        response = await api.get(query(**params))
+        assert error_message(response) == (
+            f"Invalid API call. Please retry or visit the documentation ({DOCS}) for "
+            "TIME_SERIES_INTRADAY."
+        )
+        # The gateway's rendering (indented), not Alpha Vantage's body passed on.
+        assert response.text.startswith('{\n    "Error Message"')
+        assert response.content != (await upstream_answer(simulator, **params)).content
+
+    async def test_a_function_alpha_vantage_does_not_know(self, api: httpx.AsyncClient) -> None:
+        response = await api.get(query(function="TIME_SERIES_WEEKLY", symbol="IBM"))
+        assert error_message(response) == (
+            f"Invalid API call. Please retry or visit the documentation ({DOCS}) for "
+            "TIME_SERIES_WEEKLY."
+        )
+
+    async def test_alpha_vantages_other_messages_are_never_passed_on(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        await sim.set_fault(FaultMode.INVALID_KEY)
+        message = information(await api.get(query(**INTRADAY)), 502)
+        assert message.startswith("The stock service could not get an answer")
+        await sim.set_fault(FaultMode.RATE_LIMITED)
+        response = await api.get(query(**{**INTRADAY, "interval": "1min"}))
+        assert "limit: alphavantage" in information(response, 429)
+        assert "Thank you" not in response.text
+        retry_after(response)
+
+    async def test_an_html_page_is_no_csv(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        await sim.set_fault(FaultMode.HTML)
+        response = await api.get(query(**INTRADAY, datatype="csv"))
+        assert "not JSON" in information(response, 502)
+
+    async def test_an_oversized_query_never_reaches_upstream(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        response = await api.get(query(**INTRADAY, padding="x" * 2100))
+        assert error_message(response).startswith("Invalid API call.")
+        assert await sim.total_calls() == 0
+
+
+class TestPassthroughHeldBack:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(upstream_daily_quota=1)
+
+    async def test_a_spent_quota_is_an_information_with_429(self, api: httpx.AsyncClient) -> None:
+        av_json(await api.get(query(**INTRADAY)))
+        response = await api.get(query(**{**INTRADAY, "interval": "60min"}))
+        assert "limit: quota" in information(response, 429)
+        retry_after(response)
 
 
 # -- calls held back -------------------------------------------------------------------------
@@ -356,6 +474,16 @@ async def test_sends_the_services_key_never_the_callers(
     av_json(await client.get(url))
     [sent] = transport.requests
     assert dict(sent.url.params) == {"function": "GLOBAL_QUOTE", "symbol": "IBM", "apikey": API_KEY}
+
+
+async def test_passes_through_the_services_key_never_the_callers(
+    recorded: tuple[httpx.AsyncClient, Recording],
+) -> None:
+    client, transport = recorded
+    url = str(httpx.URL("/query", params={**INTRADAY, "apikey": "consumer-token", "extra": "1"}))
+    av_json(await client.get(url))
+    [sent] = transport.requests
+    assert dict(sent.url.params) == {**INTRADAY, "extra": "1", "apikey": API_KEY}
 
 
 async def test_counted_under_its_route(api: httpx.AsyncClient) -> None:
