@@ -385,6 +385,26 @@ class TestPassthrough:
         assert await sim.total_calls() == 0
 
 
+class TestPassthroughTtl:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        # Fresh for no time at all: every call is a miss, and the copy kept is a stale one.
+        return make_settings(gateway_passthrough_ttls="time_series_intraday=0")
+
+    async def test_a_function_with_its_own_ttl_and_its_stale_copy(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        first = await api.get(query(**INTRADAY))
+        await api.get(query(**INTRADAY))
+        assert await sim.calls() == {"TIME_SERIES_INTRADAY": 2}
+        for _ in range(2):  # the other functions keep CACHE_TTL_SECONDS
+            await api.get(query(function="GLOBAL_QUOTE", symbol="IBM"))
+        assert (await sim.calls())["GLOBAL_QUOTE"] == 1
+        await sim.set_fault(FaultMode.DOWN)
+        stale = await api.get(query(**INTRADAY))  # Alpha Vantage fails: the stale copy answers
+        assert stale.content == first.content
+
+
 class TestPassthroughHeldBack:
     @pytest.fixture
     def settings(self) -> Settings:
