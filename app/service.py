@@ -6,7 +6,10 @@ and pacing (app/limits/), then the breaker.
 A consumer (app/consumers.py) is charged for the upstream calls its misses cause, and only
 those: hits, stale copies and joining a flight already under way cost it nothing. Its budget
 is checked before the key's quota is, and a call is counted when it is made, as the key's is.
-"""
+
+Over 300 lines on purpose: a miss is one flow (this process's cache, the shared tier, a
+flight here or in another process, the consumer's charge, the stale fallbacks) whose steps
+share the service's collaborators; split across modules, each would take them all again."""
 
 from __future__ import annotations
 
