@@ -6,23 +6,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
-from pydantic import SecretStr
 
-from app.alphavantage import FUNCTIONS, AlphaVantageClient
-from app.breaker import CircuitBreaker
-from app.cache import TTLCache
-from app.consumers import ConsumerLimits
-from app.errors import is_upstream_failure
-from app.limits import Bulkhead, UpstreamLimits
 from app.passthrough import PASSTHROUGH, canonical_query, function_of, parse_ttls
-from app.service import Key, Lane, StockService, Value
-from app.shared_cache import SharedCache
-from app.simulator import create_simulator
-from app.state import MemoryState
+from app.service import StockService
 from tests.conftest import FakeClock
-from tests.test_service import RecordedEvents
+from tests.stock_service import RecordedEvents, stock_service
 
 INTRADAY = {"function": "TIME_SERIES_INTRADAY", "symbol": "IBM", "interval": "5min"}
 
@@ -67,28 +56,8 @@ async def service(
     clock: FakeClock, events: RecordedEvents, ttls: dict[str, float]
 ) -> AsyncIterator[StockService]:
     """A service whose caches keep answers 60 s, and pass-through functions' for `ttls`."""
-    transport = httpx.ASGITransport(app=create_simulator())
-    async with httpx.AsyncClient(transport=transport) as http:
-        client = AlphaVantageClient(
-            http, api_key=SecretStr("k"), base_url="http://simulator/query", timeout=5
-        )
-        lane = Lane(CircuitBreaker("test", is_failure=is_upstream_failure), Bulkhead("test", 4))
-        state = MemoryState(clock)
-        limits = UpstreamLimits(state, key="k", pacing=None, quota=None, max_wait=0, clock=clock)
-        cache: TTLCache[Key, Value] = TTLCache(ttl=60, stale=3600, max_entries=100, clock=clock)
-        shared = SharedCache(state, namespace="k", ttl=60, stale=3600, lease_seconds=5)
-        stock = StockService(
-            client,
-            dict.fromkeys((*FUNCTIONS, PASSTHROUGH), lane),
-            limits,
-            cache,
-            shared,
-            events,
-            ConsumerLimits(state),
-            passthrough_ttls=ttls,
-        )
-        yield stock
-        await stock.aclose()
+    async with stock_service(events, clock, passthrough_ttls=ttls) as built:
+        yield built
 
 
 @pytest.fixture

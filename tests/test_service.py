@@ -6,24 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from app import alphavantage
-from app.alphavantage import AlphaVantageClient
-from app.breaker import CircuitBreaker
-from app.cache import TTLCache
-from app.consumers import ConsumerLimits
-from app.errors import Throttled, is_upstream_failure
-from app.limits import DAY, Bulkhead, UpstreamLimits
-from app.service import Key, Lane, ServiceEvents, StockService, Value
+from app.errors import Throttled
+from app.limits import DAY
+from app.service import StockService
 from app.settings import Settings
-from app.shared_cache import SharedCache
-from app.simulator import FaultMode, create_simulator
-from app.state import MemoryState
+from app.simulator import FaultMode
 from tests.conftest import ADMIN, FakeClock, make_settings
 from tests.helpers import (
     CACHE_REQUESTS,
@@ -38,6 +29,7 @@ from tests.helpers import (
     scrape,
     trip,
 )
+from tests.stock_service import RecordedEvents, stock_service
 
 # -- cache -----------------------------------------------------------------------------------------
 
@@ -190,26 +182,6 @@ class TestCoalescing:
 # -- on its own --------------------------------------------------------------------------------
 
 
-@dataclass
-class RecordedEvents:
-    events: list[tuple[str, ...]] = field(default_factory=list)
-
-    def count_cache(self, function: str, result: str) -> None:
-        self.events.append(("cache", function, result))
-
-    def count_throttled(self, reason: str) -> None:
-        self.events.append(("throttled", reason))
-
-    def observe_upstream(self, function: str, outcome: str, seconds: float) -> None:
-        self.events.append(("upstream", function, outcome))
-
-    def count_consumer_call(self, consumer: str) -> None:
-        self.events.append(("charged", consumer))
-
-    def count_consumer_throttled(self, consumer: str, reason: str) -> None:
-        self.events.append(("consumer throttled", consumer, reason))
-
-
 @pytest.fixture
 def events() -> RecordedEvents:
     return RecordedEvents()
@@ -217,24 +189,8 @@ def events() -> RecordedEvents:
 
 @pytest.fixture
 async def service(events: RecordedEvents) -> AsyncIterator[StockService]:
-    clock = FakeClock()
-    recorder: ServiceEvents = events
-    transport = httpx.ASGITransport(app=create_simulator())
-    async with httpx.AsyncClient(transport=transport) as http:
-        client = AlphaVantageClient(
-            http, api_key=SecretStr("k"), base_url="http://simulator/query", timeout=5
-        )
-        lane = Lane(CircuitBreaker("test", is_failure=is_upstream_failure), Bulkhead("test", 4))
-        state = MemoryState(clock)
-        limits = UpstreamLimits(
-            state, key="k", pacing=None, quota=(1, DAY), max_wait=0, clock=clock
-        )
-        cache: TTLCache[Key, Value] = TTLCache(ttl=60, stale=3600, max_entries=100, clock=clock)
-        lanes = dict.fromkeys(alphavantage.FUNCTIONS, lane)
-        shared = SharedCache(state, namespace="k", ttl=60, stale=3600, lease_seconds=5)
-        stock = StockService(client, lanes, limits, cache, shared, recorder, ConsumerLimits(state))
-        yield stock
-        await stock.aclose()
+    async with stock_service(events, FakeClock(), quota=(1, DAY)) as built:
+        yield built
 
 
 async def test_a_miss_then_a_hit_report_their_events(
