@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock lock-upgrade tools run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota bench-store bench-outage bench-consumers clean
+.PHONY: install lock lock-upgrade tools wrk run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota bench-store bench-outage bench-consumers clean
 
 # From the lock (requirements/dev.txt), not the newest releases: every checkout and CI install
 # the same versions, checked against the hashes. The project itself goes in without
@@ -73,13 +73,16 @@ compose-config: tools
 	docker-compose --profile demo config -q
 	docker-compose --profile live config -q
 
+# The benchmarks' load generator, from Debian (installed when run as root).
+wrk:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
+		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
+
 bench-breaker: $(STAMP)
 	$(BIN)/python bench/bench_breaker.py
 
 # wrk against real uvicorn processes on 127.0.0.1: about a minute, then a table.
-stress-test: $(STAMP)
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
-		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
+stress-test: $(STAMP) wrk
 	$(BIN)/python bench/stress.py
 
 # 10,000 requests in flight at once against one service process: about a minute, then a table.
@@ -87,9 +90,7 @@ bench-concurrency: $(STAMP)
 	$(BIN)/python bench/concurrency.py
 
 # 1,000,000 mixed requests through wrk, the service's RSS after each 100,000: about 15 minutes.
-soak: $(STAMP)
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
-		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
+soak: $(STAMP) wrk
 	$(BIN)/python bench/soak.py
 
 bench-breaker-memory: $(STAMP)
@@ -102,15 +103,11 @@ bench-quota: $(STAMP)
 
 # Cache hits and misses on memory://, the default SQLite file and a real redis-server: what
 # each store costs (about a minute, then a table).
-bench-store: $(STAMP) tools
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
-		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
+bench-store: $(STAMP) tools wrk
 	$(BIN)/python bench/store_overhead.py
 
 # Two consumers sharing a key, and what the token check costs a cache hit.
-bench-consumers: $(STAMP)
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
-		{ echo "wrk is missing: sudo apt-get install wrk"; exit 1; }
+bench-consumers: $(STAMP) wrk
 	$(BIN)/python bench/consumers.py
 
 # Upstream calls an outage costs before every breaker is open, 1 replica against 3.
