@@ -159,6 +159,8 @@ class StockService:
         except FAILURES as exc:
             if hit is not None:
                 value, source = self._stale(key, hit.value, exc)
+            elif isinstance(exc, ConsumerThrottled):
+                raise  # wherever it came from, the shared tier was looked in on the way
             else:
                 # No copy here, but another process may have one: an open breaker is
                 # checked before the flight, which is where the shared tier is read.
