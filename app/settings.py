@@ -56,6 +56,9 @@ class StoreSettings(BaseSettings):
 class Settings(StoreSettings):
     alphavantage_api_key: SecretStr
     alphavantage_base_url: str = ALPHAVANTAGE_URL
+    # What the key may ask: a free key gets GLOBAL_QUOTE updated once a day, at the close, and
+    # no REALTIME_BULK_QUOTES; a premium key gets both in real time.
+    alphavantage_plan: Literal["free", "premium"] = "free"
     upstream_timeout_seconds: PositiveSeconds = 10.0
     upstream_max_body_bytes: AtLeastOne = 5_000_000
     # A free key's limits: about 1 call a second, 25 a day. 0 turns pacing or the quota off.
