@@ -106,7 +106,7 @@ class TransitionRecorder(Listener):
             except StoreUnavailable as exc:
                 logger.warning("%d breaker transition(s) not recorded: %s", len(entries), exc)
 
-    async def aclose(self) -> None:
+    async def flush(self) -> None:
         """Finish the writes under way (each bounded by the store's timeout)."""
         if self._writer is not None:
             await self._writer
