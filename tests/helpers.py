@@ -240,7 +240,8 @@ class EventStream:
     """Reads a `text/event-stream` answer event by event, as a browser's EventSource would,
     keeping the comments (heartbeats) it skips."""
 
-    def __init__(self, lines: AsyncIterator[str]) -> None:
+    def __init__(self, lines: AsyncIterator[str], headers: httpx.Headers | None = None) -> None:
+        self.headers = headers or httpx.Headers()
         self.comments: list[str] = []
         self._lines = lines
 
@@ -254,6 +255,16 @@ class EventStream:
                 assert received is not None, "the stream ended"
                 if event is None or received.event == event:
                     return received
+
+    async def next_comment(self) -> str:
+        """The next comment line (a heartbeat), which must come before any event."""
+        async with asyncio.timeout(STREAM_GUARD_SECONDS):
+            async for line in self._lines:
+                assert not line or line.startswith(":"), f"not a comment: {line}"
+                if line:
+                    self.comments.append(line)
+                    return line
+        raise AssertionError("the stream ended")
 
     async def ended(self) -> bool:
         """Read on until the stream ends: True if it does within STREAM_GUARD_SECONDS."""
@@ -295,7 +306,7 @@ async def event_stream(
     async with api.stream("GET", "/circuit-breaker/events", headers=headers) as response:
         assert response.status_code == 200, response.status_code
         assert response.headers["content-type"].startswith("text/event-stream")
-        yield EventStream(response.aiter_lines())
+        yield EventStream(response.aiter_lines(), response.headers)
 
 
 async def transition_history(api: httpx.AsyncClient, limit: int | None = None) -> list[Any]:
