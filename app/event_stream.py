@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from app.breaker import CircuitBreaker, CircuitOpenError, Listener, Outcome
@@ -124,7 +124,7 @@ class EventHub:
         self._closed = False
         self._cache_seen = (0.0, 0.0)
 
-    async def stream(self, last_event_id: int | None) -> AsyncIterator[str]:
+    async def stream(self, last_event_id: int | None) -> AsyncGenerator[str, None]:
         """The events for one subscriber: `retry`, the state, the transitions after
         `last_event_id` still in the history, then the live ones, summaries and heartbeats."""
         subscriber = await self.subscribe(last_event_id)
