@@ -9,7 +9,6 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.breaker import CircuitBreaker
 from app.consumers import Consumer
 from app.errors import ConsumerThrottled
 from app.resources import Resources
@@ -25,12 +24,6 @@ async def get_resources(request: Request) -> Resources:
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
-
-async def get_breakers(resources: ResourcesDep) -> tuple[CircuitBreaker, ...]:
-    return resources.breakers
-
-
-BreakersDep = Annotated[tuple[CircuitBreaker, ...], Depends(get_breakers)]
 
 _bearer = HTTPBearer(auto_error=False)
 

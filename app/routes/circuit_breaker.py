@@ -5,8 +5,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from app.breaker import CircuitBreaker, State
-from app.deps import ADMIN_ONLY, BreakersDep
+from app.deps import ADMIN_ONLY, ResourcesDep
 from app.models import BreakerStatus, ErrorBody
+from app.resources import Resources
 from app.views import breaker_snapshot, refreshed
 
 router = APIRouter(tags=["circuit breaker"])
@@ -40,10 +41,19 @@ def selected(breakers: tuple[CircuitBreaker, ...], name: str | None) -> list[Cir
     return chosen
 
 
+async def up_to_date(resources: Resources) -> BreakerStatus:
+    """The breakers' status once brought up to date with the shared state (and a force-open
+    or reset given here written there), and once the changes that took up are in the
+    history, so that a read of it that follows shows them."""
+    await refreshed(resources.breakers)
+    await resources.recorder.flush()
+    return breaker_status(resources.breakers)
+
+
 @router.get("/circuit-breaker", response_model=BreakerStatus)
-async def breaker_state(breakers: BreakersDep) -> BreakerStatus:
+async def breaker_state(resources: ResourcesDep) -> BreakerStatus:
     """The most severe breaker's state at the top level; every breaker in `breakers`."""
-    return breaker_status(await refreshed(breakers))
+    return await up_to_date(resources)
 
 
 @router.post(
@@ -52,12 +62,12 @@ async def breaker_state(breakers: BreakersDep) -> BreakerStatus:
     dependencies=[ADMIN_ONLY],
     responses=ADMIN_ERRORS,
 )
-async def force_open(breakers: BreakersDep, breaker: BreakerName = None) -> BreakerStatus:
+async def force_open(resources: ResourcesDep, breaker: BreakerName = None) -> BreakerStatus:
     """Open the breakers (or the one named) and keep them open until reset (admin), in every
     process sharing their state."""
-    for chosen in selected(breakers, breaker):
+    for chosen in selected(resources.breakers, breaker):
         chosen.force_open()
-    return breaker_status(await refreshed(breakers))
+    return await up_to_date(resources)
 
 
 @router.post(
@@ -66,9 +76,9 @@ async def force_open(breakers: BreakersDep, breaker: BreakerName = None) -> Brea
     dependencies=[ADMIN_ONLY],
     responses=ADMIN_ERRORS,
 )
-async def reset(breakers: BreakersDep, breaker: BreakerName = None) -> BreakerStatus:
+async def reset(resources: ResourcesDep, breaker: BreakerName = None) -> BreakerStatus:
     """Close the breakers (or the one named) and clear their counters (admin), in every
     process sharing their state."""
-    for chosen in selected(breakers, breaker):
+    for chosen in selected(resources.breakers, breaker):
         chosen.reset()
-    return breaker_status(await refreshed(breakers))
+    return await up_to_date(resources)
