@@ -1,6 +1,10 @@
 """GET /circuit-breaker/events (Server-Sent Events) and GET /circuit-breaker/history: the
 breakers' transitions as every replica recorded them (app/event_stream.py,
-app/transition_log.py)."""
+app/transition_log.py).
+
+Starlette's StreamingResponse rather than sse-starlette: the queue, the drop, the heartbeat and
+the end at shutdown are this stream's own rules (EventHub), and what is left to encode an
+event is one line."""
 
 from __future__ import annotations
 
