@@ -193,11 +193,17 @@ class EventHub:
 
     def publish(self, transitions: list[Entry]) -> None:
         """Give each subscriber the transitions it has not had, in order."""
-        for subscriber in list(self.subscribers):
-            for transition in transitions:
-                if transition["id"] > subscriber.last_id:
-                    subscriber.last_id = transition["id"]
-                    self._offer(subscriber, transition_event(transition))
+        if not self.subscribers:
+            return
+        # Each poll hands over the whole history: skip at once what every subscriber has had,
+        # and encode the rest once for all of them.
+        floor = min(subscriber.last_id for subscriber in self.subscribers)
+        fresh = [(t["id"], transition_event(t)) for t in transitions if t["id"] > floor]
+        for subscriber in list(self.subscribers) if fresh else ():
+            for number, event in fresh:
+                if number > subscriber.last_id:
+                    subscriber.last_id = number
+                    self._offer(subscriber, event)
 
     def _offer(self, subscriber: Subscriber, event: str) -> None:
         try:
