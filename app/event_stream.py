@@ -203,9 +203,11 @@ class EventHub:
             for number, event in fresh:
                 if number > subscriber.last_id:
                     subscriber.last_id = number
-                    self._offer(subscriber, event)
+                    if not self._offer(subscriber, event):
+                        break
 
-    def _offer(self, subscriber: Subscriber, event: str) -> None:
+    def _offer(self, subscriber: Subscriber, event: str) -> bool:
+        """Queue `event` for `subscriber`, or drop the subscriber if its queue is full."""
         try:
             subscriber.queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -213,6 +215,8 @@ class EventHub:
             subscriber.end()
             self.unsubscribe(subscriber)
             self._metrics.subscriber_dropped()
+            return False
+        return True
 
     async def _feed(self) -> None:
         """While anyone subscribes: refresh, read the log, fan out; a summary now and then."""

@@ -119,7 +119,9 @@ async def test_a_subscriber_that_never_reads_is_dropped_at_its_bound(
     assert idle.queue.qsize() == backlog + QUEUE_SIZE  # full, and still subscribed
     assert hub.subscribers == {reader, idle}
 
-    hub.publish([{"id": QUEUE_SIZE + 1, **transition, "generation": QUEUE_SIZE + 1}])
+    hub.publish(
+        [{"id": n, **transition, "generation": n} for n in (QUEUE_SIZE + 1, QUEUE_SIZE + 2)]
+    )
     assert hub.subscribers == {reader}
     assert idle.queue.qsize() == 1  # what it held is let go: only the end of its stream
     assert idle.queue.get_nowait() is None
