@@ -100,6 +100,8 @@ class Subscriber:
 
 
 class EventHub:
+    """This process's subscribers, and the task that feeds them while there are any."""
+
     def __init__(
         self,
         breakers: tuple[CircuitBreaker, ...],
@@ -147,10 +149,8 @@ class EventHub:
             self.unsubscribe(subscriber)
 
     async def subscribe(self, last_event_id: int | None) -> Subscriber:
-        if self._closed:
-            subscriber = Subscriber([], self._queue_size)
-            subscriber.end()
-            return subscriber
+        """A new subscriber, its queue holding the state and the transitions after
+        `last_event_id`; one already ended once the service is shutting down."""
         await refreshed(self._breakers)
         try:
             history = await self._log.read()
@@ -166,6 +166,9 @@ class EventHub:
             [sse("state", state), *map(transition_event, missed)], self._queue_size
         )
         subscriber.last_id = history[-1]["id"] if history else 0
+        if self._closed:
+            subscriber.end()
+            return subscriber
         self.subscribers.add(subscriber)
         self._metrics.subscribers_changed(len(self.subscribers))
         if self._feeder is None or self._feeder.done():

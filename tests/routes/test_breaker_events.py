@@ -2,7 +2,8 @@
 real service processes and the simulator (tests/servers.py): the stream as a client reads it,
 its reconnect with Last-Event-ID, its heartbeat and its end at SIGTERM, and two replicas
 sharing a store (SQLite, and a real redis-server): a trip on one streamed by the other, one
-history on both, kept across a restart. (tests/test_event_stream.py tests the hub in-process.)"""
+history on both, kept across a restart. In-process: the history's answer while the store does
+not answer. (tests/test_event_stream.py tests the hub in-process.)"""
 
 from __future__ import annotations
 
@@ -10,19 +11,21 @@ import asyncio
 import signal
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
+from app.errors import StoreUnavailable
 from tests.helpers import (
     SimulatorControl,
     breaker_status,
     error_detail,
     event_stream,
+    retry_after,
     transition_history,
     trip,
 )
 from tests.servers import STOP_TIMEOUT_SECONDS, ServerPool, async_http_client
-
-pytestmark = pytest.mark.integration
 
 ADMIN = {"Authorization": "Bearer events-admin"}
 SETTINGS = {
@@ -38,6 +41,7 @@ def moves(transitions: list[Any]) -> list[tuple[str, str, str]]:
     return [(t["from"], t["to"], t["reason"]) for t in transitions]
 
 
+@pytest.mark.integration
 async def test_a_client_streams_the_state_then_the_transitions_and_reconnects(
     servers: ServerPool,
 ) -> None:
@@ -79,6 +83,7 @@ async def test_a_client_streams_the_state_then_the_transitions_and_reconnects(
             error_detail(await api.get(f"/circuit-breaker/history?limit={limit}"), 422)
 
 
+@pytest.mark.integration
 async def test_a_stream_sends_heartbeats_and_ends_when_the_service_stops(
     servers: ServerPool,
 ) -> None:
@@ -95,6 +100,7 @@ async def test_a_stream_sends_heartbeats_and_ends_when_the_service_stops(
     assert exit_code in (0, -signal.SIGTERM)
 
 
+@pytest.mark.integration
 async def test_replicas_stream_each_others_transitions_and_share_one_history(
     servers: ServerPool, shared_state_url: str
 ) -> None:
@@ -123,3 +129,15 @@ async def test_replicas_stream_each_others_transitions_and_share_one_history(
     restarted = servers.start_service(simulator, settings)
     async with async_http_client(restarted.url) as api:
         assert await transition_history(api) == streamed
+
+
+async def test_the_history_is_a_clear_503_while_the_store_does_not_answer(
+    app: FastAPI, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down() -> list[Any]:
+        raise StoreUnavailable("the state store is down")
+
+    monkeypatch.setattr(app.state.resources.transitions, "read", down)
+    response = await api.get("/circuit-breaker/history")
+    assert "state store" in error_detail(response, 503)
+    assert retry_after(response) == 5
