@@ -121,7 +121,7 @@ class EventHub:
         self._counts = counts
         self._metrics = metrics
         self._written = written  # set when this process has written to the log
-        self.summary_seconds = summary_seconds
+        self._summary_seconds = summary_seconds
         self._heartbeat_seconds = heartbeat_seconds
         self._queue_size = queue_size
         self.subscribers: set[Subscriber] = set()
@@ -226,7 +226,7 @@ class EventHub:
         loop = asyncio.get_running_loop()
         self._counts.take()  # the first summary covers its own interval only
         self._cache_seen = self._metrics.cache_lookups()
-        next_refresh, next_summary = loop.time(), loop.time() + self.summary_seconds
+        next_refresh, next_summary = loop.time(), loop.time() + self._summary_seconds
         while self.subscribers:
             try:
                 if loop.time() >= next_refresh:
@@ -235,7 +235,7 @@ class EventHub:
                 with contextlib.suppress(StoreUnavailable):
                     self.publish(await self._log.read())
                 if loop.time() >= next_summary:
-                    next_summary = loop.time() + self.summary_seconds
+                    next_summary = loop.time() + self._summary_seconds
                     summary = sse("summary", await self._summary())
                     for subscriber in list(self.subscribers):
                         self._offer(subscriber, summary)
@@ -252,7 +252,7 @@ class EventHub:
         new_hits, new_lookups = hits - self._cache_seen[0], lookups - self._cache_seen[1]
         self._cache_seen = hits, lookups
         return {
-            "interval_seconds": self.summary_seconds,
+            "interval_seconds": self._summary_seconds,
             "calls": calls,
             "failures": failures,
             "rejections": rejections,
