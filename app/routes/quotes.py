@@ -42,7 +42,7 @@ def parse_symbols(symbols: str) -> list[str]:
     distinct = list(dict.fromkeys(name.upper() for name in names))
     if not 1 <= len(distinct) <= MAX_SYMBOLS:
         raise HTTPException(
-            422, f"symbols: give 1 to {MAX_SYMBOLS} symbols, comma-separated ({len(distinct)})"
+            422, f"symbols: give 1 to {MAX_SYMBOLS} symbols, comma-separated (got {len(distinct)})"
         )
     return distinct
 
