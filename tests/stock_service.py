@@ -53,6 +53,7 @@ async def stock_service(
     *,
     quota: tuple[int, float] | None = None,
     passthrough_ttls: Mapping[str, float] | None = None,
+    bulk_quotes: bool = False,
 ) -> AsyncIterator[StockService]:
     """One lane for every function, one memory store read on `clock`, no pacing."""
     transport = httpx.ASGITransport(app=create_simulator())
@@ -74,6 +75,7 @@ async def stock_service(
             events,
             ConsumerLimits(state),
             passthrough_ttls=passthrough_ttls,
+            bulk_quotes=bulk_quotes,
         )
         try:
             yield service

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from app.errors import Throttled
+from app.errors import Throttled, UnknownSymbol
 from app.limits import DAY
-from app.service import StockService
+from app.service import SEARCH_TTL, StockService
 from app.settings import Settings
 from app.simulator import FaultMode
 from tests.conftest import ADMIN, FakeClock, make_settings
@@ -29,7 +29,7 @@ from tests.helpers import (
     scrape,
     trip,
 )
-from tests.stock_service import RecordedEvents, stock_service
+from tests.stock_service import TTL, RecordedEvents, stock_service
 
 # -- cache -----------------------------------------------------------------------------------------
 
@@ -217,3 +217,28 @@ async def test_a_call_held_back_is_reported_and_worded_for_the_client(
         "Alpha Vantage call held back: the daily quota of 1 calls is spent"
     )
     assert events.events[-2:] == [("cache", "GLOBAL_QUOTE", "miss"), ("throttled", "quota")]
+
+
+async def test_a_search_stays_fresh_a_day(events: RecordedEvents) -> None:
+    clock = FakeClock()
+    async with stock_service(events, clock) as service:
+        assert (await service.search("tesco"))[1] == "upstream"
+        clock.advance(TTL * 10)  # long past the caches' own TTL
+        assert (await service.search("tesco"))[1] == "cache"
+        clock.advance(SEARCH_TTL)
+        assert (await service.search("tesco"))[1] == "upstream"
+
+
+async def test_bulk_quotes_make_one_call_counted_and_charged_once(events: RecordedEvents) -> None:
+    async with stock_service(events, FakeClock(), quota=(1, DAY), bulk_quotes=True) as service:
+        found = await service.quotes(["IBM", "MSFT", "ZZNOPE"])
+        assert isinstance(found["ZZNOPE"], UnknownSymbol)
+        for symbol in ("IBM", "MSFT"):
+            outcome = found[symbol]
+            assert isinstance(outcome, tuple)
+            assert outcome[1] == "upstream"
+        assert sorted(events.events) == sorted(
+            [("cache", "GLOBAL_QUOTE", "miss")] * 3
+            + [("charged", "anonymous"), ("upstream", "REALTIME_BULK_QUOTES", "success")]
+        )
+        assert (await service.quote("MSFT"))[1] == "cache"  # within the quota of one
