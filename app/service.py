@@ -26,7 +26,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from app.alphavantage import BULK_QUOTES, DAILY, QUOTE, SEARCH, AlphaVantageClient
+from app.alphavantage import (
+    BULK_MAX_SYMBOLS,
+    BULK_QUOTES,
+    DAILY,
+    QUOTE,
+    SEARCH,
+    AlphaVantageClient,
+)
 from app.batch import Batch
 from app.breaker import CircuitBreaker, CircuitOpenError
 from app.cache import SingleFlight, TTLCache
@@ -132,7 +139,10 @@ class StockService:
         """Each symbol's quote() (distinct, upper-case symbols), or the error it would raise.
         Concurrent, at most a bulkhead's worth at a time (more would only queue there). With
         bulk quotes, the misses that would each start a call share one REALTIME_BULK_QUOTES
-        call instead, charged and counted as one call through GLOBAL_QUOTE's lane."""
+        call instead, charged and counted as one call through GLOBAL_QUOTE's lane. At most
+        BULK_MAX_SYMBOLS symbols (ValueError)."""
+        if len(symbols) > BULK_MAX_SYMBOLS:
+            raise ValueError(f"at most {BULK_MAX_SYMBOLS} symbols, not {len(symbols)}")
         if self._bulk_quotes:
             await self._start_bulk_flights(symbols, consumer)
         slots = asyncio.Semaphore(self._lanes[QUOTE].bulkhead.max_concurrency)

@@ -16,7 +16,7 @@ from app.routes.stock import ERRORS
 router = APIRouter(tags=["stock"])
 # Letters (any script), digits and the punctuation of company names: "AT&T", "L'Oréal",
 # "Berkshire Hathaway Inc. (Class B)", "TSCO.LON", "BRK-B", "S&P 500".
-KEYWORDS = re.compile(r"[\w .,&'()/+-]+")
+KEYWORDS = re.compile(r"(?:[^\W_]|[ .,&'()/+-])+")
 KEYWORDS_RULE = (
     f"must be 1 to {MAX_KEYWORDS_LENGTH} letters, digits, spaces or . , & ' ( ) / + - "
     "(case and spacing do not matter)"
@@ -31,7 +31,7 @@ Keywords = Annotated[
 async def search(keywords: Keywords, request: Request) -> Response:
     """Listings matching `keywords`, best first (`matches` empty when none does)."""
     normalised = normalise_keywords(keywords)
-    if normalised is None or KEYWORDS.fullmatch(normalised) is None or "_" in normalised:
+    if normalised is None or KEYWORDS.fullmatch(normalised) is None:
         raise HTTPException(422, f"keywords: {KEYWORDS_RULE}")
     resources = await get_resources(request)
     consumer = await authenticate(resources, bearer_token(request))

@@ -43,7 +43,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     for code, description in (
         (401, "Consumers are configured and the bearer token is missing, wrong or revoked"),
         (404, "Alpha Vantage does not know the symbol"),
-        (422, "Malformed symbol, days or format"),
+        (422, "Malformed symbol, days, format, symbols or keywords"),
         (
             429,
             "The consumer is over its requests a second, or over its calls a day for a miss "
