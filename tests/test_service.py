@@ -13,6 +13,7 @@ import pytest
 from app.errors import Throttled, UnknownSymbol
 from app.limits import DAY
 from app.service import SEARCH_TTL, StockService
+from app.state import MemoryState
 from app.settings import Settings
 from app.simulator import FaultMode
 from tests.conftest import ADMIN, FakeClock, make_settings
@@ -29,7 +30,7 @@ from tests.helpers import (
     scrape,
     trip,
 )
-from tests.stock_service import TTL, RecordedEvents, stock_service
+from tests.stock_service import TTL, RecordedEvents, shared_cache, stock_service
 
 # -- cache -----------------------------------------------------------------------------------------
 
@@ -242,3 +243,28 @@ async def test_bulk_quotes_make_one_call_counted_and_charged_once(events: Record
             + [("charged", "anonymous"), ("upstream", "REALTIME_BULK_QUOTES", "success")]
         )
         assert (await service.quote("MSFT"))[1] == "cache"  # within the quota of one
+
+
+async def test_a_bulk_call_does_not_wait_for_a_symbol_another_process_is_fetching(
+    events: RecordedEvents,
+) -> None:
+    """Waiting for it could wait for ever: that process's flights may be waiting on this one's
+    (two /quotes with the same symbols in another order)."""
+    clock = FakeClock()
+    state = MemoryState(clock)
+    other_process = shared_cache(state)
+    assert await other_process.lease("GLOBAL_QUOTE:YYY")
+    async with stock_service(events, clock, bulk_quotes=True, state=state, max_wait=5) as service:
+        asked = asyncio.ensure_future(service.quotes(["XXX", "YYY"]))
+        while ("upstream", "REALTIME_BULK_QUOTES", "success") not in events.events:
+            assert not asked.done()
+            await asyncio.sleep(0.01)  # the bulk call for XXX goes out while YYY is leased
+        landed = (await service.quote("XXX"))[0].model_copy(update={"symbol": "YYY"})
+        await other_process.put("GLOBAL_QUOTE:YYY", landed.model_dump(mode="json"))
+        await other_process.release("GLOBAL_QUOTE:YYY")
+        found = await asyncio.wait_for(asked, timeout=5)
+    sources = [outcome[1] if isinstance(outcome, tuple) else outcome for outcome in found.values()]
+    assert sources == ["upstream", "cache"]
+    assert [e for e in events.events if e[0] == "upstream"] == [
+        ("upstream", "REALTIME_BULK_QUOTES", "success")
+    ]
