@@ -13,9 +13,9 @@ import pytest
 from app.errors import Throttled, UnknownSymbol
 from app.limits import DAY
 from app.service import SEARCH_TTL, StockService
-from app.state import MemoryState
 from app.settings import Settings
 from app.simulator import FaultMode
+from app.state import MemoryState
 from tests.conftest import ADMIN, FakeClock, make_settings
 from tests.helpers import (
     CACHE_REQUESTS,
