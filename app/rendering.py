@@ -17,6 +17,7 @@ from app.models import (
     DailySeries,
     Quote,
     QuoteAnswer,
+    QuoteResult,
     SearchAnswer,
     Source,
     SymbolMatches,
@@ -31,6 +32,8 @@ JSON = "application/json"
 CSV = "text/csv; charset=utf-8"
 DAILY_CSV_HEADER = ("date", "open", "high", "low", "close", "volume")
 QUOTE_CSV_HEADER = (*Quote.model_fields, "source")
+# GET /quotes: a row a symbol, its quote's columns empty when it failed.
+QUOTES_CSV_HEADER = ("symbol", "status", "detail", "retry_after", *QUOTE_CSV_HEADER[1:])
 
 
 def negotiate(accept: str | None) -> Format:
@@ -62,6 +65,24 @@ def negotiate(accept: str | None) -> Format:
 def csv_rows(header: Sequence[str], rows: Iterable[Sequence[object]]) -> bytes:
     """RFC 4180 CSV (CRLF line ends), numbers as Python writes them: what pandas reads."""
     return csv_body(header, ([str(value) for value in row] for row in rows))
+
+
+def quotes_csv(results: Iterable[QuoteResult]) -> bytes:
+    """GET /quotes as CSV (a fresh mix of values each time: nothing to memoise)."""
+    empty = ("",) * (len(QUOTES_CSV_HEADER) - 4)
+    return csv_rows(
+        QUOTES_CSV_HEADER,
+        (
+            (
+                r.symbol,
+                r.status,
+                r.detail or "",
+                "" if r.retry_after is None else r.retry_after,
+                *(list(dict(r.quote).values())[1:] if r.quote else empty),
+            )
+            for r in results
+        ),
+    )
 
 
 class Renderer:

@@ -12,8 +12,16 @@ from app.alphavantage import BULK_MAX_SYMBOLS
 from app.deps import authenticate, bearer_token, get_resources
 from app.error_handlers import error_answer
 from app.models import QuoteAnswer, QuoteResult, QuotesAnswer
-from app.rendering import JSON
-from app.routes.stock import ERRORS, SYMBOL_PATTERN, SYMBOL_RULE
+from app.rendering import JSON, negotiate, quotes_csv
+from app.routes.stock import (
+    CSV_CONTENT,
+    ERRORS,
+    SYMBOL_PATTERN,
+    SYMBOL_RULE,
+    VARY,
+    FormatParam,
+    csv_response,
+)
 from app.service import QuoteOutcome
 
 router = APIRouter(tags=["stock"])
@@ -59,11 +67,12 @@ def result(symbol: str, outcome: QuoteOutcome) -> QuoteResult:
     )
 
 
-@router.get("/quotes", response_model=QuotesAnswer, responses=ERRORS)
-async def quotes(symbols: Symbols, request: Request) -> Response:
+@router.get("/quotes", response_model=QuotesAnswer, responses={**ERRORS, **CSV_CONTENT})
+async def quotes(symbols: Symbols, request: Request, format: FormatParam = None) -> Response:
     """200 with every symbol's quote or error (a partial answer says which failed and why).
     When every symbol failed with one status, that status and its error answer instead, as
-    for a single symbol: a client retrying on 503 or 429 needs no look inside."""
+    for a single symbol: a client retrying on 503 or 429 needs no look inside. CSV as
+    /stock's: a row a symbol, its quote's columns empty when it failed."""
     wanted = parse_symbols(symbols)
     resources = await get_resources(request)
     consumer = await authenticate(resources, bearer_token(request))
@@ -76,5 +85,7 @@ async def quotes(symbols: Symbols, request: Request) -> Response:
         detail = details[0] if len(details) == 1 else f"every symbol failed: {'; '.join(details)}"
         headers = {"Retry-After": str(retry_after)} if retry_after else None
         raise HTTPException(failed[0].status, detail, headers=headers)
+    if (format or negotiate(request.headers.get("accept"))) == "csv":
+        return csv_response(quotes_csv(results), "quotes.csv")
     body = QuotesAnswer(quotes=results, failed=len(failed)).model_dump_json()
-    return Response(body, media_type=JSON)
+    return Response(body, media_type=JSON, headers=VARY)

@@ -5,6 +5,8 @@ in one REALTIME_BULK_QUOTES call. Against the in-process simulator."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -253,3 +255,33 @@ async def test_premium_refused_for_a_free_key_is_a_502_and_one_breaker_failure(
     assert "requires a premium plan for REALTIME_BULK_QUOTES" in error_detail(response, 502)
     assert (await breaker_status(premium))["failure_count"] == 1
     assert await sim.calls() == {BULK: 1}
+
+
+async def test_as_csv_a_row_a_symbol(api: httpx.AsyncClient) -> None:
+    as_json = await quotes(api, "IBM,ZZNOPE")
+    response = await api.get("/quotes", params={"symbols": "IBM,ZZNOPE", "format": "csv"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    assert response.headers["content-disposition"] == 'inline; filename="quotes.csv"'
+    ibm, unknown = csv.DictReader(io.StringIO(response.text))
+    assert list(ibm) == [
+        "symbol",
+        "status",
+        "detail",
+        "retry_after",
+        *sorted(QUOTE_FIELDS - {"symbol"}, key=list(as_json[0]["quote"]).index),
+    ]
+    assert (ibm["symbol"], ibm["status"], ibm["detail"], ibm["source"]) == (
+        "IBM",
+        "200",
+        "",
+        "cache",
+    )
+    assert float(ibm["price"]) == as_json[0]["quote"]["price"]
+    assert (unknown["status"], unknown["detail"], unknown["price"]) == (
+        "404",
+        "unknown symbol: ZZNOPE",
+        "",
+    )
+    accepted = await api.get("/quotes?symbols=IBM", headers={"Accept": "text/csv"})
+    assert accepted.text.startswith("symbol,status,detail,retry_after,price,")
