@@ -143,12 +143,13 @@ class StockService:
         BULK_MAX_SYMBOLS symbols (ValueError)."""
         if len(symbols) > BULK_MAX_SYMBOLS:
             raise ValueError(f"at most {BULK_MAX_SYMBOLS} symbols, not {len(symbols)}")
-        if self._bulk_quotes:
-            await self._start_bulk_flights(symbols, consumer)
+        in_bulk = await self._start_bulk_flights(symbols, consumer) if self._bulk_quotes else set()
         slots = asyncio.Semaphore(self._lanes[QUOTE].bulkhead.max_concurrency)
 
         async def outcome(symbol: str) -> QuoteOutcome:
-            async with slots:
+            # A bulk flight's symbol joins it at once: queued here, it could find the flight
+            # landed, and a failed one would start a call of its own.
+            async with contextlib.nullcontext() if symbol in in_bulk else slots:
                 try:
                     return await self.quote(symbol, consumer)
                 except (UpstreamError, CircuitOpenError) as exc:
@@ -390,23 +391,26 @@ class StockService:
         finally:
             self._events.observe_upstream(function, outcome, time.perf_counter() - started)
 
-    async def _start_bulk_flights(self, symbols: Sequence[str], consumer: Consumer | None) -> None:
+    async def _start_bulk_flights(
+        self, symbols: Sequence[str], consumer: Consumer | None
+    ) -> set[str]:
         """Set up, in one step, the flight of every symbol with no fresh copy here and no flight
         under way, all fed by one REALTIME_BULK_QUOTES call charged to `consumer`: quote()
         then joins them. A lone such symbol is left to quote()'s own GLOBAL_QUOTE call, and
         so is every symbol when the breaker refuses calls or the consumer's budget is spent
-        (checked here as _get checks before a flight): each then finds out for itself."""
+        (checked here as _get checks before a flight): each then finds out for itself.
+        Returns the symbols whose flights it set up."""
         lane = self._lanes[QUOTE]
         try:
             lane.breaker.check()
             if consumer is not None:
                 await self._consumer_limits.check(consumer)
         except FAILURES:
-            return
+            return set()
         keys = [(QUOTE, symbol) for symbol in symbols]
         misses = [key for key in keys if key not in self._flights and not self._fresh_here(key)]
         if len(misses) < 2:
-            return
+            return set()
 
         async def bulk(symbols: list[str]) -> dict[str, Quote]:
             def fetch(_: str) -> Awaitable[dict[str, Quote]]:
@@ -417,6 +421,7 @@ class StockService:
         batch: Batch[str, Quote] = Batch((symbol for _, symbol in misses), bulk)
         for key in misses:
             self._flights.flight(key, functools.partial(self._bulk_member, key, batch))
+        return {symbol for _, symbol in misses}
 
     async def _bulk_member(self, key: Key, batch: Batch[str, Quote]) -> tuple[Value, Source]:
         """A flight whose call is its part of `batch`'s call."""

@@ -251,7 +251,8 @@ async def test_premium_refused_for_a_free_key_is_a_502_and_one_breaker_failure(
     premium: httpx.AsyncClient, sim: SimulatorControl
 ) -> None:
     await sim.set_fault(FaultMode.PREMIUM, function=BULK)
-    response = await premium.get("/quotes", params={"symbols": "AAA,BBB,CCC"})
+    symbols = ",".join(f"S{n}" for n in range(20))  # more than a bulkhead's worth
+    response = await premium.get("/quotes", params={"symbols": symbols})
     assert "requires a premium plan for REALTIME_BULK_QUOTES" in error_detail(response, 502)
     assert (await breaker_status(premium))["failure_count"] == 1
     assert await sim.calls() == {BULK: 1}
