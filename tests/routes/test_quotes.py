@@ -286,3 +286,19 @@ async def test_as_csv_a_row_a_symbol(api: httpx.AsyncClient) -> None:
     )
     accepted = await api.get("/quotes?symbols=IBM", headers={"Accept": "text/csv"})
     assert accepted.text.startswith("symbol,status,detail,retry_after,price,")
+
+
+async def test_premium_a_consumer_past_its_budget_gets_its_429_for_new_symbols(
+    simulator: Starlette, sim: SimulatorControl
+) -> None:
+    app = app_with(simulator, alphavantage_plan="premium")
+    async with serve(app) as api:
+        resources: Resources = app.state.resources
+        alice = {"Authorization": f"Bearer {await resources.consumers.add('alice', 1, None)}"}
+        assert {r["status"] for r in await quotes(api, "AAA,BBB", **alice)} == {200}
+        results = await quotes(api, "AAA,CCC,DDD", **alice)
+        assert sources(results) == {"AAA": "cache", "CCC": 429, "DDD": 429}  # hits stay free
+        spent = await api.get("/quotes", params={"symbols": "CCC,DDD"}, headers=alice)
+        assert "spent its 1 upstream calls" in error_detail(spent, 429)
+        assert retry_after(spent) >= 1
+    assert await sim.calls() == {BULK: 1}

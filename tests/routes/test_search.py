@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 
 from app.main import create_app
+from app.resources import Resources
 from app.service import SEARCH_TTL
 from tests.conftest import make_settings, serve
 from tests.helpers import SimulatorControl, error_detail
@@ -102,3 +103,15 @@ async def test_names_as_companies_write_them_are_searched(
 
 async def test_without_keywords_it_is_422(api: httpx.AsyncClient) -> None:
     assert error_detail(await api.get("/search"), 422).startswith("keywords: ")
+
+
+async def test_consumers_need_their_token_and_pay_for_a_miss(
+    app: FastAPI, api: httpx.AsyncClient
+) -> None:
+    resources: Resources = app.state.resources
+    token = await resources.consumers.add("alice", 5, None)
+    assert (await api.get("/search?keywords=ibm")).status_code == 401
+    alice = {"Authorization": f"Bearer {token}"}
+    for _ in range(3):
+        assert (await api.get("/search?keywords=ibm", headers=alice)).status_code == 200
+    assert (await api.get("/usage", headers=alice)).json()["used"] == 1  # hits are free
