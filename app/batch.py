@@ -31,7 +31,7 @@ class Batch(Generic[K, V]):
     async def get(self, key: K) -> Mapping[K, V]:
         """What the call that fetched `key` found (without `key` if it found nothing)."""
         if self._call is not None:
-            return await self._fetch([key])  # late: the batch's call is gone
+            return await self._fetch([key])  # late: the batch's call went out without it
         self._asked.append(key)
         self._decided(key)
         await self._started.wait()
