@@ -13,7 +13,7 @@ import datetime as dt
 import email.utils
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -32,7 +32,10 @@ from app.models import DailySeries, Quote, RawAnswer, SymbolMatches
 DAILY = "TIME_SERIES_DAILY"
 QUOTE = "GLOBAL_QUOTE"
 SEARCH = "SYMBOL_SEARCH"
-FUNCTIONS = (DAILY, QUOTE, SEARCH)
+FUNCTIONS = (DAILY, QUOTE, SEARCH)  # the ones GET /query builds answers for
+# Premium only: up to BULK_MAX_SYMBOLS quotes in one call (a free key gets the premium message).
+BULK_QUOTES = "REALTIME_BULK_QUOTES"
+BULK_MAX_SYMBOLS = 100
 JSON_MEDIA_TYPE = "application/json"
 CSV_MEDIA_TYPE = "application/x-download"  # how Alpha Vantage sends datatype=csv
 # Alpha Vantage's SYMBOL_SEARCH keys, by SymbolMatch field.
@@ -175,6 +178,39 @@ def parse_search(keywords: str, payload: dict[str, Any]) -> SymbolMatches:
         raise BadUpstreamResponse("Alpha Vantage sent a malformed symbol search") from None
 
 
+def parse_bulk_quotes(payload: dict[str, Any]) -> dict[str, Quote]:
+    """REALTIME_BULK_QUOTES's `data` as quotes by symbol. A symbol Alpha Vantage does not know
+    is left out of `data`, so it is missing here. Its numbers are not zero-padded ("255.8"),
+    `change_percent` has no "%", and `change` may be empty (then derived from the closes);
+    the extended-hours fields are ignored: `close` is the price, as GLOBAL_QUOTE's is."""
+    data = payload.get("data")
+    if not isinstance(data, list):
+        raise classify_message(BULK_QUOTES, payload)
+    quotes: dict[str, Quote] = {}
+    try:
+        for entry in data:
+            close, previous = float(entry["close"]), float(entry["previous_close"])
+            change = float(entry["change"]) if entry.get("change") else close - previous
+            percent = str(entry.get("change_percent") or "").rstrip("%")
+            quote = Quote(
+                symbol=str(entry["symbol"]).upper(),
+                open=float(entry["open"]),
+                high=float(entry["high"]),
+                low=float(entry["low"]),
+                price=close,
+                volume=int(float(entry["volume"])),
+                # "2024-10-30 19:59:57.644", US/Eastern: the trading day is its date
+                latest_trading_day=dt.date.fromisoformat(str(entry["timestamp"])[:10]),
+                previous_close=previous,
+                change=change,
+                change_percent=float(percent) if percent else change / previous * 100,
+            )
+            quotes[quote.symbol] = quote
+    except (AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        raise BadUpstreamResponse("Alpha Vantage sent malformed bulk quotes") from None
+    return quotes
+
+
 class AlphaVantageClient:
     def __init__(
         self,
@@ -203,6 +239,13 @@ class AlphaVantageClient:
 
     async def quote(self, symbol: str) -> Quote:
         return parse_quote(await self._get(QUOTE, symbol=symbol))
+
+    async def bulk_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """Up to BULK_MAX_SYMBOLS quotes in one call (premium keys only); a symbol missing from
+        the answer is one Alpha Vantage does not know."""
+        if not 1 <= len(symbols) <= BULK_MAX_SYMBOLS:
+            raise ValueError(f"1 to {BULK_MAX_SYMBOLS} symbols a call, not {len(symbols)}")
+        return parse_bulk_quotes(await self._get(BULK_QUOTES, symbol=",".join(symbols)))
 
     async def search(self, keywords: str) -> SymbolMatches:
         return parse_search(keywords, await self._get(SEARCH, keywords=keywords))

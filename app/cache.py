@@ -81,12 +81,17 @@ class SingleFlight(Generic[K, V]):
         return key in self._flights
 
     async def run(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
+        return await asyncio.shield(self.flight(key, fn))
+
+    def flight(self, key: K, fn: Callable[[], Awaitable[V]]) -> asyncio.Task[V]:
+        """The call under way for `key`, started now with `fn` if there is none: without an
+        await, so that many keys' flights can be set up in one step."""
         task = self._flights.get(key)
         if task is None:
             task = asyncio.ensure_future(fn())
             self._flights[key] = task
             task.add_done_callback(lambda done: self._land(key, done))
-        return await asyncio.shield(task)
+        return task
 
     def _land(self, key: K, task: asyncio.Task[V]) -> None:
         if self._flights.get(key) is task:

@@ -18,8 +18,18 @@ from app.lifecycle import ReadSettingsFirst, drain_on_sigterm
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
-from app.resources import LANE_FUNCTIONS, Resources, build_resources, upstream_connections
-from app.routes import breaker_events, circuit_breaker, consumers, gateway, ops, stock, upstream
+from app.resources import UPSTREAM_FUNCTIONS, Resources, build_resources, upstream_connections
+from app.routes import (
+    breaker_events,
+    circuit_breaker,
+    consumers,
+    gateway,
+    ops,
+    quotes,
+    search,
+    stock,
+    upstream,
+)
 from app.settings import Settings, load_settings
 from app.state import ObservedState, describe, open_state
 
@@ -112,6 +122,8 @@ def create_app(
     )
     for router in (
         stock.router,
+        quotes.router,
+        search.router,
         consumers.router,
         gateway.router,
         circuit_breaker.router,
@@ -123,7 +135,7 @@ def create_app(
     get_routes = [
         r.path for r in app.routes if isinstance(r, APIRoute) and "GET" in (r.methods or ())
     ]
-    metrics = Metrics(LANE_FUNCTIONS, get_routes)
+    metrics = Metrics(UPSTREAM_FUNCTIONS, get_routes)
     static_routes = frozenset(
         url for url in (app.openapi_url, app.docs_url, app.redoc_url) if url is not None
     )

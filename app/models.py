@@ -97,6 +97,32 @@ class SymbolMatches(BaseModel):
     matches: tuple[SymbolMatch, ...]
 
 
+class SearchAnswer(BaseModel):
+    """GET /search: SymbolMatches, and where they came from."""
+
+    keywords: str  # as searched: case and spacing normalised
+    source: Source
+    matches: tuple[SymbolMatch, ...]
+
+
+class QuoteResult(BaseModel):
+    """One symbol of GET /quotes: its quote, or what GET /stock/{symbol}/quote would have
+    answered instead (status, detail and, for 429 and 503, Retry-After's seconds)."""
+
+    symbol: str
+    status: int
+    quote: QuoteAnswer | None = None
+    detail: str | None = None
+    retry_after: int | None = None
+
+
+class QuotesAnswer(BaseModel):
+    """GET /quotes: every symbol asked for, in the order asked, duplicates collapsed."""
+
+    quotes: list[QuoteResult]
+    failed: int  # how many have no quote
+
+
 class RawAnswer(BaseModel):
     """A pass-through function's answer as Alpha Vantage sent it, data only (never one of its
     messages): the text, byte for byte once encoded as UTF-8, and the media type to send."""

@@ -1,4 +1,4 @@
-"""JSON answers, rendered once per cached value and reused while that value lives.
+"""JSON and CSV answers, rendered once per cached value and reused while that value lives.
 
 Validating and serialising a 30-day answer costs more than everything else a cache hit does,
 so the bytes are kept: keyed by what was asked (symbol, days, source) and valid only for the
@@ -8,13 +8,81 @@ very value they were rendered from, so a refreshed series is never answered with
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Literal
 
-from app.models import DailyPrices, DailySeries, Quote, QuoteAnswer, Source
+from app.av_format import csv_body
+from app.models import (
+    DailyPrices,
+    DailySeries,
+    Quote,
+    QuoteAnswer,
+    QuoteResult,
+    SearchAnswer,
+    Source,
+    SymbolMatches,
+)
 
 # Enough for every hot answer. Each entry keeps its value alive, so the bound also caps what
 # the memo holds beyond the cache.
 RENDERED_ANSWERS = 1024
+
+Format = Literal["json", "csv"]
+JSON = "application/json"
+CSV = "text/csv; charset=utf-8"
+DAILY_CSV_HEADER = ("date", "open", "high", "low", "close", "volume")
+QUOTE_CSV_HEADER = (*Quote.model_fields, "source")
+# GET /quotes: a row a symbol, its quote's columns empty when it failed.
+QUOTES_CSV_HEADER = ("symbol", "status", "detail", "retry_after", *QUOTE_CSV_HEADER[1:])
+
+
+def negotiate(accept: str | None) -> Format:
+    """CSV when Accept ranks text/csv above application/json (q-values, `type/*` and `*/*`
+    as RFC 9110 says; the most specific range that matches decides); JSON otherwise: a tie,
+    `*/*`, no Accept, or one that takes neither (the default answers rather than a 406).
+    Two candidates only, so a few lines rather than a library."""
+    best: dict[str, tuple[int, float]] = {}  # candidate: (specificity, q) of its best range
+    for part in (accept or "").split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        for candidate in ("application/json", "text/csv"):
+            kind = candidate.split("/")[0]
+            specificity = {candidate: 3, f"{kind}/*": 2, "*/*": 1}.get(media, 0)
+            if specificity > best.get(candidate, (0, 0.0))[0]:
+                best[candidate] = (specificity, q)
+    csv_q, json_q = (best.get(c, (0, 0.0))[1] for c in ("text/csv", "application/json"))
+    return "csv" if csv_q > json_q else "json"
+
+
+def csv_rows(header: Sequence[str], rows: Iterable[Sequence[object]]) -> bytes:
+    """RFC 4180 CSV (CRLF line ends), numbers as Python writes them: what pandas reads."""
+    return csv_body(header, ([str(value) for value in row] for row in rows))
+
+
+def quotes_csv(results: Iterable[QuoteResult]) -> bytes:
+    """GET /quotes as CSV (a fresh mix of values each time: nothing to memoise)."""
+    empty = ("",) * (len(QUOTES_CSV_HEADER) - 4)
+    return csv_rows(
+        QUOTES_CSV_HEADER,
+        (
+            (
+                r.symbol,
+                r.status,
+                r.detail or "",
+                "" if r.retry_after is None else r.retry_after,
+                *(list(dict(r.quote).values())[1:] if r.quote else empty),
+            )
+            for r in results
+        ),
+    )
 
 
 class Renderer:
@@ -35,6 +103,29 @@ class Renderer:
             ).model_dump_json(),
         )
 
+    def daily_csv(self, series: DailySeries, days: int) -> bytes:
+        return self._memo(
+            ("daily.csv", series.symbol, days),
+            series,
+            lambda: csv_rows(DAILY_CSV_HEADER, series.prices[:days]),
+        )
+
+    def quote_csv(self, quote: Quote, source: Source) -> bytes:
+        return self._memo(
+            ("quote.csv", quote.symbol, source),
+            quote,
+            lambda: csv_rows(QUOTE_CSV_HEADER, [(*dict(quote).values(), source)]),
+        )
+
+    def search(self, found: SymbolMatches, source: Source) -> bytes:
+        return self._memo(
+            ("search", found.keywords, source),
+            found,
+            lambda: SearchAnswer(
+                keywords=found.keywords, source=source, matches=found.matches
+            ).model_dump_json(),
+        )
+
     def quote(self, quote: Quote, source: Source) -> bytes:
         return self._memo(
             ("quote", quote.symbol, source),
@@ -42,12 +133,13 @@ class Renderer:
             lambda: QuoteAnswer(**dict(quote), source=source).model_dump_json(),
         )
 
-    def _memo(self, key: Hashable, value: object, render: Callable[[], str]) -> bytes:
+    def _memo(self, key: Hashable, value: object, render: Callable[[], str | bytes]) -> bytes:
         entry = self._rendered.get(key)
         if entry is not None and entry[0] is value:
             self._rendered.move_to_end(key)
             return entry[1]
-        body = render().encode()
+        rendered = render()
+        body = rendered.encode() if isinstance(rendered, str) else rendered
         self._rendered[key] = (value, body)
         self._rendered.move_to_end(key)
         while len(self._rendered) > self._max_entries:

@@ -31,6 +31,9 @@ BREAKER_NAME = "alphavantage"  # the shared breaker; with BREAKER_SCOPE=function
 # What the service's lanes are keyed by: each built-in function, and the gateway's pass-through
 # (one lane for every function passed through, whose names callers choose).
 LANE_FUNCTIONS = (*alphavantage.FUNCTIONS, PASSTHROUGH)
+# What upstream calls are labelled by in the metrics: the lanes' functions, and the bulk quotes,
+# which go through GLOBAL_QUOTE's lane (they fetch the quotes its flights wait for).
+UPSTREAM_FUNCTIONS = (*LANE_FUNCTIONS, alphavantage.BULK_QUOTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,7 @@ def build_resources(
         metrics,
         consumer_limits,
         passthrough_ttls=parse_ttls(settings.gateway_passthrough_ttls),
+        bulk_quotes=settings.alphavantage_plan == "premium",
     )
     breakers = tuple(lane.breaker for lane in lanes_by_name.values())
     return Resources(

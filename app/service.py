@@ -7,25 +7,45 @@ A consumer (app/consumers.py) is charged for the upstream calls its misses cause
 those: hits, stale copies and joining a flight already under way cost it nothing. Its budget
 is checked before the key's quota is, and a call is counted when it is made, as the key's is.
 
+quotes() answers many symbols at once; with a premium key the misses among them share one
+REALTIME_BULK_QUOTES call, each symbol's flight otherwise the one a single quote's would be.
+
 Over 300 lines on purpose: a miss is one flow (this process's cache, the shared tier, a
 flight here or in another process, the consumer's charge, the stale fallbacks) whose steps
-share the service's collaborators; split across modules, each would take them all again."""
+share the service's collaborators, bulk quotes' flights included; split across modules, each
+would take them all again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from app.alphavantage import DAILY, QUOTE, SEARCH, AlphaVantageClient
+from app.alphavantage import (
+    BULK_MAX_SYMBOLS,
+    BULK_QUOTES,
+    DAILY,
+    QUOTE,
+    SEARCH,
+    AlphaVantageClient,
+)
+from app.batch import Batch
 from app.breaker import CircuitBreaker, CircuitOpenError
 from app.cache import SingleFlight, TTLCache
 from app.consumers import ANONYMOUS, Consumer, ConsumerLimits
-from app.errors import ConsumerThrottled, RateLimited, Throttled, UpstreamError, UpstreamFailure
+from app.errors import (
+    ConsumerThrottled,
+    RateLimited,
+    Throttled,
+    UnknownSymbol,
+    UpstreamError,
+    UpstreamFailure,
+)
 from app.limits import Bulkhead, UpstreamLimits
 from app.models import DailySeries, Quote, RawAnswer, Source, SymbolMatches
 from app.passthrough import PASSTHROUGH, canonical_query, function_of, upstream_params
@@ -34,11 +54,16 @@ from app.shared_cache import SharedCache, SharedHit
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T", DailySeries, Quote, SymbolMatches, RawAnswer)
+R = TypeVar("R")  # what an upstream call returns
 Value = DailySeries | Quote | SymbolMatches | RawAnswer
 # (function, symbol), (SYMBOL_SEARCH, normalised keywords), or (PASSTHROUGH, canonical query)
 Key = tuple[str, str]
 # What a stale copy may stand in for: failures, throttles and rejections, not bad questions.
 FAILURES = (UpstreamFailure, RateLimited, CircuitOpenError, Throttled)
+# A symbol's part of quotes(): its quote and where it came from, or why there is none.
+QuoteOutcome = tuple[Quote, Source] | UpstreamError | CircuitOpenError
+# Listings change seldom: a search stays fresh a day, whatever CACHE_TTL_SECONDS says.
+SEARCH_TTL = 86400.0
 
 
 class ServiceEvents(Protocol):
@@ -81,9 +106,11 @@ class StockService:
         events: ServiceEvents,
         consumer_limits: ConsumerLimits,
         passthrough_ttls: Mapping[str, float] | None = None,
+        bulk_quotes: bool = False,
     ) -> None:
         """`passthrough_ttls`: seconds a pass-through function's answers stay fresh, by
-        function; the caches' own TTL for the others."""
+        function; the caches' own TTL for the others. `bulk_quotes`: quotes() fetches its
+        misses in one REALTIME_BULK_QUOTES call (a premium key) instead of one call each."""
         self._client = client
         self._lanes = lanes
         self._limits = limits
@@ -92,6 +119,7 @@ class StockService:
         self._events = events
         self._consumer_limits = consumer_limits
         self._passthrough_ttls = dict(passthrough_ttls or {})
+        self._bulk_quotes = bulk_quotes
         self._flights: SingleFlight[Key, tuple[Value, Source]] = SingleFlight()
 
     async def daily(
@@ -105,11 +133,37 @@ class StockService:
         """The quote; charged as daily() is."""
         return await self._get(QUOTE, symbol, self._client.quote, Quote, consumer)
 
+    async def quotes(
+        self, symbols: Sequence[str], consumer: Consumer | None = None
+    ) -> dict[str, QuoteOutcome]:
+        """Each symbol's quote() (distinct, upper-case symbols), or the error it would raise.
+        Concurrent, at most a bulkhead's worth at a time (more would only queue there). With
+        bulk quotes, the misses that would each start a call share one REALTIME_BULK_QUOTES
+        call instead, charged and counted as one call through GLOBAL_QUOTE's lane. At most
+        BULK_MAX_SYMBOLS symbols (ValueError)."""
+        if len(symbols) > BULK_MAX_SYMBOLS:
+            raise ValueError(f"at most {BULK_MAX_SYMBOLS} symbols, not {len(symbols)}")
+        in_bulk = await self._start_bulk_flights(symbols, consumer) if self._bulk_quotes else set()
+        slots = asyncio.Semaphore(self._lanes[QUOTE].bulkhead.max_concurrency)
+
+        async def outcome(symbol: str) -> QuoteOutcome:
+            # A bulk flight's symbol joins it at once: queued here, it could find the flight
+            # landed, and a failed one would start a call of its own.
+            async with contextlib.nullcontext() if symbol in in_bulk else slots:
+                try:
+                    return await self.quote(symbol, consumer)
+                except (UpstreamError, CircuitOpenError) as exc:
+                    return exc
+
+        found = await asyncio.gather(*(outcome(symbol) for symbol in symbols))
+        return dict(zip(symbols, found, strict=True))
+
     async def search(
         self, keywords: str, consumer: Consumer | None = None
     ) -> tuple[SymbolMatches, Source]:
         """Listings matching `keywords`, which the caller normalises (normalise_keywords): one
-        cache entry and one flight for every way of writing them. Charged as daily() is."""
+        cache entry and one flight for every way of writing them, fresh for SEARCH_TTL.
+        Charged as daily() is."""
         return await self._get(SEARCH, keywords, self._client.search, SymbolMatches, consumer)
 
     async def passthrough(
@@ -142,6 +196,10 @@ class StockService:
             return self._of_kind(kind, hit.value), "cache"
         self._events.count_cache(function, "miss")
         lane = self._lanes[function]
+
+        async def call() -> T:
+            return await self._call(key, lane, fetch, consumer)
+
         try:
             lane.breaker.check()  # an open breaker answers before a flight is set up
             # Joining a flight is free; a consumer past its budget starts none (the check
@@ -153,9 +211,7 @@ class StockService:
                     self._count_held_back(exc, consumer)
                     value, source = await self._shared_copy_or_raise(key, kind, exc)
                     return self._of_kind(kind, value), source
-            value, source = await self._flights.run(
-                key, lambda: self._fetch(key, lane, fetch, kind, consumer)
-            )
+            value, source = await self._flights.run(key, lambda: self._fetch(key, call, kind))
         except FAILURES as exc:
             if hit is not None:
                 value, source = self._stale(key, hit.value, exc)
@@ -182,21 +238,21 @@ class StockService:
     async def _fetch(
         self,
         key: Key,
-        lane: Lane,
-        fetch: Callable[[str], Awaitable[T]],
+        call: Callable[[], Awaitable[T]],
         kind: type[T],
-        consumer: Consumer | None,
+        waiting: Callable[[], None] | None = None,
     ) -> tuple[Value, Source]:
         """One process's flight for `key`: the shared tier's fresh copy if there is one, the
-        result of another process's flight if one is under way, else a call of its own."""
+        result of another process's flight if one is under way, else `call()` holding the
+        lease. `waiting()` is told when it starts waiting for another process's flight."""
         name = ":".join(key)
         deadline = time.monotonic() + self._limits.max_wait
         shared = await self._shared.get(name)
         while shared is None or not shared.fresh:
             if await self._shared.lease(name):
-                return await self._fetch_holding_the_lease(
-                    key, name, lane, fetch, kind, shared, consumer
-                )
+                return await self._fetch_holding_the_lease(key, name, call, kind, shared)
+            if waiting is not None:
+                waiting()
             landed = await self._shared.wait(name, deadline - time.monotonic())
             if landed is not None:
                 shared = landed
@@ -217,11 +273,9 @@ class StockService:
         self,
         key: Key,
         name: str,
-        lane: Lane,
-        fetch: Callable[[str], Awaitable[T]],
+        call: Callable[[], Awaitable[T]],
         kind: type[T],
         shared: SharedHit | None,
-        consumer: Consumer | None,
     ) -> tuple[Value, Source]:
         landed = await self._shared.get(name)
         if landed is not None and landed.fresh:
@@ -231,7 +285,7 @@ class StockService:
             self._cache.put(key, value, age=landed.age, ttl=self._ttl(key))
             return value, "cache"
         try:
-            value = await self._call(key, lane, fetch, consumer)
+            value = await call()
         except FAILURES as exc:
             await self._shared.release(name)
             return self._stale_or_raise(key, kind, shared, exc)
@@ -248,9 +302,9 @@ class StockService:
         self,
         key: Key,
         lane: Lane,
-        fetch: Callable[[str], Awaitable[T]],
+        fetch: Callable[[str], Awaitable[R]],
         consumer: Consumer | None,
-    ) -> T:
+    ) -> R:
         try:
             async with self._limits.admit(lane.bulkhead):
                 return await lane.breaker.call(self._call_upstream, key, fetch, consumer)
@@ -260,8 +314,11 @@ class StockService:
             raise type(exc)(detail, exc.reason, exc.retry_after) from None
 
     def _ttl(self, key: Key) -> float | None:
-        """A pass-through function's own TTL, if it has one; None: the caches' own."""
+        """A search's day, or a pass-through function's own TTL if it has one; None: the
+        caches' own."""
         function, query = key
+        if function == SEARCH:
+            return SEARCH_TTL
         if function != PASSTHROUGH:
             return None
         return self._passthrough_ttls.get(function_of(query))
@@ -289,8 +346,8 @@ class StockService:
         return value, "stale"
 
     async def _call_upstream(
-        self, key: Key, fetch: Callable[[str], Awaitable[T]], consumer: Consumer | None
-    ) -> T:
+        self, key: Key, fetch: Callable[[str], Awaitable[R]], consumer: Consumer | None
+    ) -> R:
         function, symbol = key
         # Counted here, inside the breaker, so that a call the breaker refuses costs nothing;
         # the consumer first, and given back if the key's quota then refuses the call.
@@ -333,6 +390,57 @@ class StockService:
             return value
         finally:
             self._events.observe_upstream(function, outcome, time.perf_counter() - started)
+
+    async def _start_bulk_flights(
+        self, symbols: Sequence[str], consumer: Consumer | None
+    ) -> set[str]:
+        """Set up, in one step, the flight of every symbol with no fresh copy here and no flight
+        under way, all fed by one REALTIME_BULK_QUOTES call charged to `consumer`: quote()
+        then joins them. A lone such symbol is left to quote()'s own GLOBAL_QUOTE call, and
+        so is every symbol when the breaker refuses calls or the consumer's budget is spent
+        (checked here as _get checks before a flight): each then finds out for itself.
+        Returns the symbols whose flights it set up."""
+        lane = self._lanes[QUOTE]
+        try:
+            lane.breaker.check()
+            if consumer is not None:
+                await self._consumer_limits.check(consumer)
+        except FAILURES:
+            return set()
+        keys = [(QUOTE, symbol) for symbol in symbols]
+        misses = [key for key in keys if key not in self._flights and not self._fresh_here(key)]
+        if len(misses) < 2:
+            return set()
+
+        async def bulk(symbols: list[str]) -> dict[str, Quote]:
+            def fetch(_: str) -> Awaitable[dict[str, Quote]]:
+                return self._client.bulk_quotes(symbols)
+
+            return await self._call((BULK_QUOTES, ",".join(symbols)), lane, fetch, consumer)
+
+        batch: Batch[str, Quote] = Batch((symbol for _, symbol in misses), bulk)
+        for key in misses:
+            self._flights.flight(key, functools.partial(self._bulk_member, key, batch))
+        return {symbol for _, symbol in misses}
+
+    async def _bulk_member(self, key: Key, batch: Batch[str, Quote]) -> tuple[Value, Source]:
+        """A flight whose call is its part of `batch`'s call."""
+        symbol = key[1]
+
+        async def call() -> Quote:
+            found = await batch.get(symbol)
+            if symbol not in found:
+                raise UnknownSymbol("unknown symbol")  # left out of the bulk answer
+            return found[symbol]
+
+        try:
+            return await self._fetch(key, call, Quote, lambda: batch.step_aside(symbol))
+        finally:
+            batch.step_aside(symbol)  # done without a call: the others need not wait
+
+    def _fresh_here(self, key: Key) -> bool:
+        hit = self._cache.get(key)
+        return hit is not None and hit.fresh
 
     @staticmethod
     def _of_kind(kind: type[T], value: Value) -> T:

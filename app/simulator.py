@@ -9,10 +9,13 @@ Run it with `python -m app.simulator --host 127.0.0.1 --port 8081`.
 outputsize=full answers the premium message), GLOBAL_QUOTE (the newest daily bar) and
 SYMBOL_SEARCH (over a few real listings, `LISTINGS`) and, for the gateway's pass-through,
 TIME_SERIES_INTRADAY (`interval` 1min to 60min, the last INTRADAY_BARS bars to 16:00 of the
-newest trading day; `datatype=csv` as Alpha Vantage's download). Every number is a string.
+newest trading day; `datatype=csv` as Alpha Vantage's download), and REALTIME_BULK_QUOTES
+(`symbol=IBM,MSFT,...`, up to 100: GLOBAL_QUOTE's figures in the bulk shape, unknown symbols
+left out). Every number is a string.
 Prices are a random walk seeded from the symbol, so a symbol always gets the same series on a
 given day.
-Any non-empty apikey is accepted.
+Any non-empty apikey is accepted, as a premium key: the `premium` fault mode with
+`"function": "REALTIME_BULK_QUOTES"` answers as Alpha Vantage does a free key.
 
 Symbols are upper-cased; every well-formed symbol is known, except that "ZZ..." symbols are
 unknown to the simulator: they get Alpha Vantage's unknown-symbol answers.
@@ -53,6 +56,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 COMPACT_DAYS = 100
+BULK_MAX_SYMBOLS = 100
 DEFAULT_DELAY_SECONDS = 2.0
 SYMBOL_RE = re.compile(r"^[A-Z0-9]+(?:[.-][A-Z0-9]+)*$")
 MAX_SYMBOL_LENGTH = 20
@@ -271,6 +275,36 @@ def _global_quote(symbol: str, today: dt.date) -> dict[str, Any]:
     return {"Global Quote": quote}
 
 
+def _bulk_quotes(symbols: str, today: dt.date) -> dict[str, Any]:
+    """REALTIME_BULK_QUOTES as a premium key gets it: one entry per known symbol (unknown ones
+    left out), the newest daily bar as of the close, numbers as strings without padding."""
+    wanted = list(dict.fromkeys(s.strip().upper() for s in symbols.split(",") if s.strip()))
+    if not 1 <= len(wanted) <= BULK_MAX_SYMBOLS:
+        return _invalid_call("REALTIME_BULK_QUOTES")
+    data = []
+    for symbol in filter(_known, wanted):
+        quote = _global_quote(symbol, today)["Global Quote"]
+        close, previous = float(quote["05. price"]), float(quote["08. previous close"])
+        data.append(
+            {
+                "symbol": symbol,
+                "timestamp": f"{quote['07. latest trading day']} 16:00:00.000",
+                "open": repr(float(quote["02. open"])),
+                "high": repr(float(quote["03. high"])),
+                "low": repr(float(quote["04. low"])),
+                "close": repr(close),
+                "volume": quote["06. volume"],
+                "previous_close": repr(previous),
+                "change": repr(round(close - previous, 2)),
+                "change_percent": f"{(close - previous) / previous * 100:.4f}",
+                "extended_hours_quote": repr(close),
+                "extended_hours_change": "0.0",
+                "extended_hours_change_percent": "0.0",
+            }
+        )
+    return {"endpoint": "Realtime Bulk Quotes", "message": "success", "data": data}
+
+
 def _intraday_bars(symbol: str, interval: str, today: dt.date) -> list[tuple[str, dict[str, str]]]:
     """INTRADAY_BARS bars of `interval` up to 16:00 of the newest trading day, newest first:
     a walk from that day's open, seeded from the symbol and interval."""
@@ -376,6 +410,8 @@ def _answer(params: Mapping[str, str], today: dt.date) -> dict[str, Any] | str:
         return _symbol_search(params["keywords"])
     if function == "TIME_SERIES_INTRADAY":
         return _time_series_intraday(symbol, params, today)
+    if function == "REALTIME_BULK_QUOTES":
+        return _bulk_quotes(params.get("symbol", ""), today)
     return _invalid_call(function)
 
 

@@ -53,18 +53,24 @@ async def stock_service(
     *,
     quota: tuple[int, float] | None = None,
     passthrough_ttls: Mapping[str, float] | None = None,
+    bulk_quotes: bool = False,
+    state: MemoryState | None = None,
+    max_wait: float = 0,
 ) -> AsyncIterator[StockService]:
-    """One lane for every function, one memory store read on `clock`, no pacing."""
+    """One lane for every function, one memory store read on `clock` (or `state`, which
+    another "process" may share), no pacing."""
     transport = httpx.ASGITransport(app=create_simulator())
     async with httpx.AsyncClient(transport=transport) as http:
         client = AlphaVantageClient(
             http, api_key=SecretStr("k"), base_url="http://simulator/query", timeout=5
         )
         lane = Lane(CircuitBreaker("test", is_failure=is_upstream_failure), Bulkhead("test", 4))
-        state = MemoryState(clock)
-        limits = UpstreamLimits(state, key="k", pacing=None, quota=quota, max_wait=0, clock=clock)
+        state = state or MemoryState(clock)
+        limits = UpstreamLimits(
+            state, key="k", pacing=None, quota=quota, max_wait=max_wait, clock=clock
+        )
         cache: TTLCache[Key, Value] = TTLCache(ttl=TTL, stale=STALE, max_entries=100, clock=clock)
-        shared = SharedCache(state, namespace="k", ttl=TTL, stale=STALE, lease_seconds=5)
+        shared = shared_cache(state)
         service = StockService(
             client,
             dict.fromkeys((*FUNCTIONS, PASSTHROUGH), lane),
@@ -74,8 +80,15 @@ async def stock_service(
             events,
             ConsumerLimits(state),
             passthrough_ttls=passthrough_ttls,
+            bulk_quotes=bulk_quotes,
         )
         try:
             yield service
         finally:
             await service.aclose()
+
+
+def shared_cache(state: MemoryState) -> SharedCache:
+    """The shared tier over `state`, as a service of stock_service() has it: another one is
+    another process's."""
+    return SharedCache(state, namespace="k", ttl=TTL, stale=STALE, lease_seconds=5)

@@ -555,3 +555,109 @@ async def test_calls_beyond_max_concurrency_wait_outside_the_pool() -> None:
         results = await asyncio.gather(*(client.daily("IBM") for _ in range(10)))
     assert len(results) == 10
     assert peak == 2
+
+
+# -- REALTIME_BULK_QUOTES -----------------------------------------------------------------------
+
+
+def bulk_entry(symbol: str, **values: str) -> dict[str, str]:
+    """One `data` entry as a premium key gets it: numbers as unpadded strings, a timestamp to
+    the millisecond, change_percent without "%", and the extended-hours fields."""
+    return {
+        "symbol": symbol,
+        "timestamp": "2024-10-30 19:59:57.895",
+        "open": "209.53",
+        "high": "211.12",
+        "low": "204.26",
+        "close": "205.04",
+        "volume": "6956624",
+        "previous_close": "210.43",
+        "change": "-5.39",
+        "change_percent": "-2.5614",
+        "extended_hours_quote": "204.9",
+        "extended_hours_change": "-0.14",
+        "extended_hours_change_percent": "-0.06828",
+        **values,
+    }
+
+
+def bulk(*entries: dict[str, str]) -> dict[str, Any]:
+    return {"endpoint": "Realtime Bulk Quotes", "message": "success", "data": list(entries)}
+
+
+@respx.mock
+async def test_bulk_quotes_parse_into_quotes_by_symbol(av: AlphaVantageClient) -> None:
+    route = respx.get(URL).mock(
+        return_value=answer(bulk(bulk_entry("IBM"), bulk_entry("msft", close="412.3")))
+    )
+    quotes = await av.bulk_quotes(["IBM", "MSFT", "ZZZ"])
+    assert route.calls.last.request.url.params["function"] == "REALTIME_BULK_QUOTES"
+    assert route.calls.last.request.url.params["symbol"] == "IBM,MSFT,ZZZ"
+    assert set(quotes) == {"IBM", "MSFT"}  # left out: a symbol it does not know
+    ibm = quotes["IBM"]
+    assert (ibm.symbol, ibm.price, ibm.open, ibm.high, ibm.low) == (
+        "IBM",
+        205.04,
+        209.53,
+        211.12,
+        204.26,
+    )
+    assert ibm.volume == 6956624
+    assert ibm.latest_trading_day == dt.date(2024, 10, 30)
+    assert (ibm.previous_close, ibm.change, ibm.change_percent) == (210.43, -5.39, -2.5614)
+    assert quotes["MSFT"].price == 412.3  # close is the price; extended hours are ignored
+
+
+@respx.mock
+async def test_bulk_quotes_derive_an_empty_change_from_the_closes(av: AlphaVantageClient) -> None:
+    entry = bulk_entry("IBM", close="110.0", previous_close="100.0", change="", change_percent="")
+    respx.get(URL).mock(return_value=answer(bulk(entry)))
+    quote = (await av.bulk_quotes(["IBM"]))["IBM"]
+    assert quote.change == pytest.approx(10.0)
+    assert quote.change_percent == pytest.approx(10.0)
+
+
+@respx.mock
+async def test_bulk_quotes_take_a_percent_sign_too(av: AlphaVantageClient) -> None:
+    respx.get(URL).mock(return_value=answer(bulk(bulk_entry("IBM", change_percent="-2.5614%"))))
+    assert (await av.bulk_quotes(["IBM"]))["IBM"].change_percent == -2.5614
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (PREMIUM, UpstreamRefused),  # what a free key gets
+        (DAILY_LIMIT, RateLimited),
+        (BAD_KEY, UpstreamRefused),
+        ({}, BadUpstreamResponse),
+        ({"data": "IBM"}, BadUpstreamResponse),
+        (bulk({"symbol": "IBM", "close": "1.0"}), BadUpstreamResponse),
+        (bulk(bulk_entry("IBM", close="n/a")), BadUpstreamResponse),
+        (bulk(bulk_entry("IBM", timestamp="")), BadUpstreamResponse),
+        ({"data": ["IBM"]}, BadUpstreamResponse),
+    ],
+    ids=[
+        "premium",
+        "daily-limit",
+        "bad-key",
+        "empty",
+        "data-not-a-list",
+        "entry-without-fields",
+        "price-not-a-number",
+        "no-timestamp",
+        "entry-not-an-object",
+    ],
+)
+@respx.mock
+async def test_bulk_quote_failures_are_classified(
+    av: AlphaVantageClient, body: dict[str, Any], error: type[UpstreamError]
+) -> None:
+    respx.get(URL).mock(return_value=answer(body))
+    with pytest.raises(error):
+        await av.bulk_quotes(["IBM", "MSFT"])
+
+
+@pytest.mark.parametrize("count", [0, 101])
+async def test_bulk_quotes_take_1_to_100_symbols(av: AlphaVantageClient, count: int) -> None:
+    with pytest.raises(ValueError, match="1 to 100 symbols"):
+        await av.bulk_quotes([f"S{n}" for n in range(count)])

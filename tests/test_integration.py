@@ -9,11 +9,14 @@ counted with the simulator's `/_stats`.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -216,6 +219,39 @@ async def test_concurrent_requests_for_one_symbol_share_one_upstream_call(
         assert [response.status_code for response in responses] == [200] * 50
         assert len({response.text for response in responses}) == 1
         assert await sim.calls() == {DAILY: 1}
+
+
+# -- batch quotes and CSV -------------------------------------------------------------------
+
+
+def test_csv_reads_from_the_url_as_pandas_reads_it(start_stack: StartStack) -> None:
+    """pandas.read_csv("http://...") opens the URL with urllib and parses what comes: the
+    same here, with the csv module (pandas is no dependency of the project)."""
+    stack = start_stack()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only
+    with opener.open(f"{stack.service.url}/stock/IBM?days=7&format=csv", timeout=10) as answer:
+        assert answer.headers["Content-Type"] == "text/csv; charset=utf-8"
+        rows = list(csv.DictReader(io.TextIOWrapper(answer, encoding="utf-8", newline="")))
+    assert len(rows) == 7
+    assert list(rows[0]) == ["date", "open", "high", "low", "close", "volume"]
+    assert all(float(row["low"]) <= float(row["close"]) <= float(row["high"]) for row in rows)
+
+
+async def test_100_symbols_in_one_premium_request_make_one_upstream_call(
+    start_stack: StartStack,
+) -> None:
+    """A cold /quotes of 100 symbols over a real socket and the SQLite store: each symbol's
+    flight reads and writes the shared tier, the misses share one bulk call."""
+    stack = start_stack(ALPHAVANTAGE_PLAN="premium")
+    symbols = ",".join(f"SYM{n}" for n in range(100))
+    async with connect(stack) as (api, sim):
+        response = await api.get("/quotes", params={"symbols": symbols})
+        assert response.status_code == 200, response.text
+        assert response.json()["failed"] == 0
+        assert await sim.calls() == {"REALTIME_BULK_QUOTES": 1}
+        again = await api.get("/quotes", params={"symbols": symbols})
+        assert {r["quote"]["source"] for r in again.json()["quotes"]} == {"cache"}
+        assert await sim.calls() == {"REALTIME_BULK_QUOTES": 1}
 
 
 # -- pacing, quota and bulkhead -------------------------------------------------------------

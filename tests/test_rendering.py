@@ -3,8 +3,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
+
 from app.models import Bar, DailySeries, Quote
-from app.rendering import Renderer
+from app.rendering import Renderer, negotiate
 
 
 def series(close: float) -> DailySeries:
@@ -86,3 +88,36 @@ def test_quote_answer_carries_its_source() -> None:
     assert body["source"] == "stale"
     assert body["change_percent"] == 0.0
     assert body["latest_trading_day"] == "2026-11-26"
+
+
+def test_csv_is_rendered_once_per_value_and_days() -> None:
+    renderer = Renderer()
+    value = series(1.5)
+    body = renderer.daily_csv(value, 2)
+    assert body == (
+        b"date,open,high,low,close,volume\r\n"
+        b"2026-11-26,1.0,2.0,0.5,1.5,100\r\n"
+        b"2026-11-25,1.0,2.0,0.5,1.5,101\r\n"
+    )
+    assert renderer.daily_csv(value, 2) is body
+    assert renderer.daily_csv(series(1.5), 2) is not body  # a refreshed value: rendered again
+    assert renderer.daily_csv(value, 3) != body
+
+
+@pytest.mark.parametrize(
+    ("accept", "chosen"),
+    [
+        (None, "json"),
+        ("text/csv", "csv"),
+        ("TEXT/CSV; charset=utf-8", "csv"),
+        ("text/*;q=0.9, application/json;q=0.8", "csv"),
+        ("text/csv;q=0.4, application/*;q=0.5", "json"),
+        ("text/csv;q=0.8, */*;q=0.9", "json"),  # JSON by */*: the most specific range decides
+        ("application/json;q=0, text/csv;q=0.1", "csv"),
+        ("text/csv;q=abc", "json"),  # a malformed q counts as 0
+        ("*/*", "json"),
+        ("image/png", "json"),
+    ],
+)
+def test_negotiate_follows_the_q_values(accept: str | None, chosen: str) -> None:
+    assert negotiate(accept) == chosen

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from app.errors import Throttled
+from app.errors import Throttled, UnknownSymbol
 from app.limits import DAY
-from app.service import StockService
+from app.service import SEARCH_TTL, StockService
 from app.settings import Settings
 from app.simulator import FaultMode
+from app.state import MemoryState
 from tests.conftest import ADMIN, FakeClock, make_settings
 from tests.helpers import (
     CACHE_REQUESTS,
@@ -29,7 +30,7 @@ from tests.helpers import (
     scrape,
     trip,
 )
-from tests.stock_service import RecordedEvents, stock_service
+from tests.stock_service import TTL, RecordedEvents, shared_cache, stock_service
 
 # -- cache -----------------------------------------------------------------------------------------
 
@@ -217,3 +218,53 @@ async def test_a_call_held_back_is_reported_and_worded_for_the_client(
         "Alpha Vantage call held back: the daily quota of 1 calls is spent"
     )
     assert events.events[-2:] == [("cache", "GLOBAL_QUOTE", "miss"), ("throttled", "quota")]
+
+
+async def test_a_search_stays_fresh_a_day(events: RecordedEvents) -> None:
+    clock = FakeClock()
+    async with stock_service(events, clock) as service:
+        assert (await service.search("tesco"))[1] == "upstream"
+        clock.advance(TTL * 10)  # long past the caches' own TTL
+        assert (await service.search("tesco"))[1] == "cache"
+        clock.advance(SEARCH_TTL)
+        assert (await service.search("tesco"))[1] == "upstream"
+
+
+async def test_bulk_quotes_make_one_call_counted_and_charged_once(events: RecordedEvents) -> None:
+    async with stock_service(events, FakeClock(), quota=(1, DAY), bulk_quotes=True) as service:
+        found = await service.quotes(["IBM", "MSFT", "ZZNOPE"])
+        assert isinstance(found["ZZNOPE"], UnknownSymbol)
+        for symbol in ("IBM", "MSFT"):
+            outcome = found[symbol]
+            assert isinstance(outcome, tuple)
+            assert outcome[1] == "upstream"
+        assert sorted(events.events) == sorted(
+            [("cache", "GLOBAL_QUOTE", "miss")] * 3
+            + [("charged", "anonymous"), ("upstream", "REALTIME_BULK_QUOTES", "success")]
+        )
+        assert (await service.quote("MSFT"))[1] == "cache"  # within the quota of one
+
+
+async def test_a_bulk_call_does_not_wait_for_a_symbol_another_process_is_fetching(
+    events: RecordedEvents,
+) -> None:
+    """Waiting for it could wait for ever: that process's flights may be waiting on this one's
+    (two /quotes with the same symbols in another order)."""
+    clock = FakeClock()
+    state = MemoryState(clock)
+    other_process = shared_cache(state)
+    assert await other_process.lease("GLOBAL_QUOTE:YYY")
+    async with stock_service(events, clock, bulk_quotes=True, state=state, max_wait=5) as service:
+        asked = asyncio.ensure_future(service.quotes(["XXX", "YYY"]))
+        while ("upstream", "REALTIME_BULK_QUOTES", "success") not in events.events:
+            assert not asked.done()
+            await asyncio.sleep(0.01)  # the bulk call for XXX goes out while YYY is leased
+        landed = (await service.quote("XXX"))[0].model_copy(update={"symbol": "YYY"})
+        await other_process.put("GLOBAL_QUOTE:YYY", landed.model_dump(mode="json"))
+        await other_process.release("GLOBAL_QUOTE:YYY")
+        found = await asyncio.wait_for(asked, timeout=5)
+    sources = [outcome[1] if isinstance(outcome, tuple) else outcome for outcome in found.values()]
+    assert sources == ["upstream", "cache"]
+    assert [e for e in events.events if e[0] == "upstream"] == [
+        ("upstream", "REALTIME_BULK_QUOTES", "success")
+    ]

@@ -137,6 +137,44 @@ async def test_quote_matches_the_daily_series(client: httpx.AsyncClient) -> None
     assert float(percent[:-1]) == pytest.approx((price - prev) / prev * 100, abs=1e-4)
 
 
+BULK = {"function": "REALTIME_BULK_QUOTES", "apikey": "test"}
+
+
+async def test_bulk_quotes_are_the_global_quotes_in_the_bulk_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    body = await get_json(client, **BULK, symbol="ibm,MSFT,ZZTOP,IBM")
+    assert (body["endpoint"], body["message"]) == ("Realtime Bulk Quotes", "success")
+    assert [entry["symbol"] for entry in body["data"]] == ["IBM", "MSFT"]  # unknown: left out
+    for entry in body["data"]:
+        assert all(isinstance(value, str) for value in entry.values())
+        quote = (await get_json(client, **(QUOTE | {"symbol": entry["symbol"]})))["Global Quote"]
+        assert entry["timestamp"].startswith(quote["07. latest trading day"] + " ")
+        assert float(entry["close"]) == float(quote["05. price"])
+        assert float(entry["open"]) == float(quote["02. open"])
+        assert float(entry["high"]) == float(quote["03. high"])
+        assert float(entry["low"]) == float(quote["04. low"])
+        assert entry["volume"] == quote["06. volume"]
+        assert float(entry["previous_close"]) == float(quote["08. previous close"])
+        assert "%" not in entry["change_percent"]
+        assert float(entry["change_percent"]) == pytest.approx(
+            float(quote["10. change percent"].rstrip("%")), abs=1e-4
+        )
+
+
+@pytest.mark.parametrize("symbols", ["", ",", ",".join(f"S{n}" for n in range(101))])
+async def test_bulk_quotes_take_1_to_100_symbols(client: httpx.AsyncClient, symbols: str) -> None:
+    body = await get_json(client, **BULK, symbol=symbols)
+    assert body["Error Message"].endswith("for REALTIME_BULK_QUOTES.")
+
+
+async def test_bulk_quotes_refused_as_for_a_free_key(client: httpx.AsyncClient) -> None:
+    await set_fault(client, "premium", function="REALTIME_BULK_QUOTES")
+    refused = await get_json(client, **BULK, symbol="IBM")
+    assert isinstance(classify_message("REALTIME_BULK_QUOTES", refused), UpstreamRefused)
+    assert "Global Quote" in await get_json(client, **QUOTE)  # other functions still answer
+
+
 async def test_lowercase_symbol_is_upper_cased(client: httpx.AsyncClient) -> None:
     lower = await get_json(client, **(DAILY | {"symbol": "ibm"}))
     upper = await get_json(client, **DAILY)

@@ -3,7 +3,9 @@ and which symbols and days they take, against the in-process simulator."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from urllib.parse import quote
 
 import httpx
@@ -195,3 +197,85 @@ class TestQuote:
         assert quote_body["low"] == newest["low"]
         assert quote_body["volume"] == newest["volume"]
         assert quote_body["previous_close"] == previous["close"]
+
+
+# -- CSV -------------------------------------------------------------------------------------------
+
+
+def read_csv(response: httpx.Response) -> list[dict[str, str]]:
+    """A CSV answer's rows, as the csv module (and pandas.read_csv) reads them."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    assert response.headers["vary"] == "Accept"
+    return list(csv.DictReader(io.StringIO(response.text)))
+
+
+class TestCsv:
+    async def test_daily_prices_as_csv_hold_the_json_figures(self, api: httpx.AsyncClient) -> None:
+        as_json = (await api.get("/stock/IBM", params={"days": 5})).json()
+        response = await api.get("/stock/ibm", params={"days": 5, "format": "csv"})
+        rows = read_csv(response)
+        assert response.headers["content-disposition"] == 'inline; filename="IBM.csv"'
+        assert response.text.startswith("date,open,high,low,close,volume\r\n")
+        assert len(rows) == 5
+        for row, point in zip(rows, as_json["prices"], strict=True):
+            assert row["date"] == point["date"]
+            assert int(row["volume"]) == point["volume"]
+            for field in ("open", "high", "low", "close"):
+                assert float(row[field]) == point[field]
+
+    async def test_a_quote_as_csv_is_one_row(self, api: httpx.AsyncClient) -> None:
+        as_json = (await api.get("/stock/MSFT/quote")).json()
+        response = await api.get("/stock/MSFT/quote", params={"format": "csv"})
+        [row] = read_csv(response)
+        assert response.headers["content-disposition"] == 'inline; filename="MSFT-quote.csv"'
+        assert set(row) == QUOTE_FIELDS
+        assert row["source"] == "cache"
+        assert row["latest_trading_day"] == as_json["latest_trading_day"]
+        assert float(row["change_percent"]) == as_json["change_percent"]
+
+    @pytest.mark.parametrize(
+        ("accept", "media_type"),
+        [
+            ("text/csv", "text/csv"),
+            ("text/csv;q=0.9, application/json;q=0.5", "text/csv"),
+            ("application/json;q=0.5, text/*", "text/csv"),
+            ("text/csv;q=0.5, application/json", "application/json"),
+            ("application/json, text/csv", "application/json"),  # a tie: JSON
+            ("*/*", "application/json"),
+            ("text/html,application/xhtml+xml,*/*;q=0.8", "application/json"),  # a browser
+            ("application/xml", "application/json"),  # neither: JSON rather than a 406
+            ("text/csv;q=0, */*", "application/json"),
+            ("", "application/json"),
+        ],
+    )
+    @ENDPOINTS
+    async def test_accept_chooses_by_its_q_values(
+        self, api: httpx.AsyncClient, endpoint: str, accept: str, media_type: str
+    ) -> None:
+        response = await api.get(endpoint.format("IBM"), headers={"Accept": accept})
+        assert response.status_code == 200
+        assert response.headers["content-type"].split(";")[0] == media_type
+        assert response.headers["vary"] == "Accept"
+
+    @ENDPOINTS
+    async def test_format_wins_over_accept(self, api: httpx.AsyncClient, endpoint: str) -> None:
+        url = endpoint.format("IBM")
+        as_json = await api.get(url, params={"format": "json"}, headers={"Accept": "text/csv"})
+        assert as_json.headers["content-type"] == "application/json"
+        csv_response = await api.get(
+            url, params={"format": "csv"}, headers={"Accept": "application/json"}
+        )
+        read_csv(csv_response)
+
+    @ENDPOINTS
+    async def test_an_unknown_format_is_422(
+        self, api: httpx.AsyncClient, sim: SimulatorControl, endpoint: str
+    ) -> None:
+        response = await api.get(endpoint.format("IBM"), params={"format": "xml"})
+        assert error_detail(response, 422).startswith("format: ")
+        assert await sim.total_calls() == 0
+
+    async def test_errors_stay_json(self, api: httpx.AsyncClient) -> None:
+        response = await api.get("/stock/ZZNOPE", params={"format": "csv"})
+        assert error_detail(response, 404) == "unknown symbol: ZZNOPE"
