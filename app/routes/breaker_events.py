@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import ResourcesDep
 from app.errors import StoreUnavailable
-from app.models import TransitionHistory
+from app.models import ErrorBody, TransitionHistory
 from app.transition_log import HISTORY_LIMIT
 
 router = APIRouter(tags=["circuit breaker"])
@@ -34,7 +34,8 @@ async def breaker_events(
     last_event_id: Annotated[int | None, Header(description="The last transition id seen")] = None,
 ) -> StreamingResponse:
     """The breakers' state, then each transition, a summary every EVENTS_SUMMARY_SECONDS and a
-    heartbeat comment every EVENTS_HEARTBEAT_SECONDS (see the README for the events)."""
+    heartbeat comment after EVENTS_HEARTBEAT_SECONDS without an event (the README has the
+    events)."""
     return StreamingResponse(
         resources.events.stream(last_event_id),
         media_type="text/event-stream",
@@ -42,7 +43,11 @@ async def breaker_events(
     )
 
 
-@router.get("/circuit-breaker/history", response_model=TransitionHistory)
+@router.get(
+    "/circuit-breaker/history",
+    response_model=TransitionHistory,
+    responses={503: {"model": ErrorBody, "description": "The state store does not answer"}},
+)
 async def breaker_history(
     resources: ResourcesDep,
     limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT, description="Newest transitions")] = 50,
