@@ -24,9 +24,11 @@ def drain_on_sigterm(
     """On SIGTERM, answer /readyz with 503 at once (and call `on_drain`) but go on serving for
     `drain_seconds`, so that load balancers stop sending traffic before the server stops
     accepting it; then hand the signal on to the server (uvicorn), which lets in-flight
-    requests finish within its graceful-shutdown timeout. Returns what puts the server's own
-    handler back."""
+    requests finish within its graceful-shutdown timeout. On SIGINT (Ctrl-C) there is no
+    drain: `on_drain` is called and the server stops at once. Returns what puts the server's
+    own handlers back."""
     server_handler = signal.getsignal(signal.SIGTERM)
+    interrupt_handler = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or not callable(server_handler):
         return lambda: None  # not under a server that handles SIGTERM itself
     loop = asyncio.get_running_loop()
@@ -41,10 +43,17 @@ def drain_on_sigterm(
         loop.call_soon_threadsafe(drain)
         loop.call_soon_threadsafe(loop.call_later, drain_seconds, server_handler, signum, frame)
 
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(on_drain)
+        if callable(interrupt_handler):
+            interrupt_handler(signum, frame)
+
     def restore() -> None:
         signal.signal(signal.SIGTERM, server_handler)
+        signal.signal(signal.SIGINT, interrupt_handler)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigint)
     return restore
 
 
