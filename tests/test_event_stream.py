@@ -138,3 +138,21 @@ async def test_shutting_down_ends_every_stream_and_any_new_one(hub: EventHub) ->
     hub.close()
     assert await stream.ended()
     assert await EventStream(lines(hub.stream(None))).ended()
+
+
+@pytest.mark.parametrize("settings", [make_settings(breaker_scope="function")])
+async def test_with_a_breaker_per_function_each_is_streamed_by_name(
+    hub: EventHub, api: httpx.AsyncClient
+) -> None:
+    stream = EventStream(lines(hub.stream(None)))
+    state = await stream.next("state")
+    names = [b["name"] for b in state.data["breakers"]]
+    assert len(names) > 1
+    for name in names[:2]:
+        response = await api.post(f"/circuit-breaker/open?breaker={name}", headers=ADMIN)
+        assert response.status_code == 200
+    opened = [(await stream.next("transition")).data for _ in range(2)]
+    assert [(t["breaker"], t["reason"], t["generation"]) for t in opened] == [
+        (names[0], "forced_open", 1),
+        (names[1], "forced_open", 1),
+    ]
