@@ -28,10 +28,11 @@ lock-upgrade:
 	PYTHON=$(PYTHON) sh requirements/lock.sh --upgrade
 
 # Tests use Debian's prometheus (promtool, and a real server end to end), docker-compose
-# (to validate the compose file) and redis-server (the state store's Redis backend, against a
-# real server) for real; as root, install whichever is missing.
+# (to validate the compose file), redis-server (the state store's Redis backend, against a
+# real server) and chromium with its chromedriver (the status page in a real browser) for
+# real; as root, install whichever is missing.
 DEBIAN_TOOLS := prometheus:promtool prometheus:prometheus docker-compose:docker-compose \
-	redis-server:redis-server
+	redis-server:redis-server chromium:chromium chromium-driver:chromedriver
 tools:
 	@missing=$$(for tool in $(DEBIAN_TOOLS); do \
 		command -v $${tool#*:} >/dev/null || echo $${tool%%:*}; done | sort -u); \
