@@ -19,7 +19,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.resources import LANE_FUNCTIONS, Resources, build_resources, upstream_connections
-from app.routes import circuit_breaker, consumers, gateway, ops, stock, upstream
+from app.routes import circuit_breaker, consumers, gateway, ops, status_page, stock, upstream
 from app.settings import Settings, load_settings
 from app.state import ObservedState, describe, open_state
 
@@ -109,6 +109,7 @@ def create_app(
         circuit_breaker.router,
         upstream.router,
         ops.router,
+        status_page.router,
     ):
         app.include_router(router)
     get_routes = [
