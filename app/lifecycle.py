@@ -18,11 +18,14 @@ from app.settings import ConfigError, load_settings
 logger = logging.getLogger(__name__)
 
 
-def drain_on_sigterm(app: FastAPI, drain_seconds: float) -> Callable[[], None]:
-    """On SIGTERM, answer /readyz with 503 at once but go on serving for `drain_seconds`, so
-    that load balancers stop sending traffic before the server stops accepting it; then hand
-    the signal on to the server (uvicorn), which lets in-flight requests finish within its
-    graceful-shutdown timeout. Returns what puts the server's own handler back."""
+def drain_on_sigterm(
+    app: FastAPI, drain_seconds: float, on_drain: Callable[[], None] = lambda: None
+) -> Callable[[], None]:
+    """On SIGTERM, answer /readyz with 503 at once (and call `on_drain`) but go on serving for
+    `drain_seconds`, so that load balancers stop sending traffic before the server stops
+    accepting it; then hand the signal on to the server (uvicorn), which lets in-flight
+    requests finish within its graceful-shutdown timeout. Returns what puts the server's own
+    handler back."""
     server_handler = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or not callable(server_handler):
         return lambda: None  # not under a server that handles SIGTERM itself
@@ -31,6 +34,7 @@ def drain_on_sigterm(app: FastAPI, drain_seconds: float) -> Callable[[], None]:
     def drain() -> None:
         app.state.ready = False
         logger.info("SIGTERM: not ready any more; draining for %g s", drain_seconds)
+        on_drain()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         # A signal handler may interrupt anything: hand the work to the event loop.

@@ -19,7 +19,16 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.resources import LANE_FUNCTIONS, Resources, build_resources, upstream_connections
-from app.routes import circuit_breaker, consumers, gateway, ops, status_page, stock, upstream
+from app.routes import (
+    breaker_events,
+    circuit_breaker,
+    consumers,
+    gateway,
+    ops,
+    status_page,
+    stock,
+    upstream,
+)
 from app.settings import Settings, load_settings
 from app.state import ObservedState, describe, open_state
 
@@ -78,7 +87,13 @@ def create_app(
             # Everything built so far lives as long as the process: keep it out of the garbage
             # collector's full passes, which would otherwise stall requests for milliseconds.
             gc.freeze()
-            restore_sigterm = drain_on_sigterm(app, resolved.shutdown_drain_seconds)
+            resources: Resources = app.state.resources
+            # Event streams never end by themselves: end them as the drain begins, so that
+            # their clients reconnect to a replica that stays, and the server's wait for open
+            # requests does not last the whole grace.
+            restore_sigterm = drain_on_sigterm(
+                app, resolved.shutdown_drain_seconds, on_drain=resources.events.close
+            )
             app.state.ready = True
             logger.info(
                 "started",
@@ -94,7 +109,9 @@ def create_app(
             finally:
                 app.state.ready = False
                 restore_sigterm()
-                await app.state.resources.service.aclose()
+                await resources.events.aclose()
+                await resources.recorder.aclose()
+                await resources.service.aclose()
                 await state.aclose()
 
     app = FastAPI(
@@ -107,6 +124,7 @@ def create_app(
         consumers.router,
         gateway.router,
         circuit_breaker.router,
+        breaker_events.router,
         upstream.router,
         ops.router,
         status_page.router,

@@ -204,6 +204,17 @@ class Metrics(Listener):
             "Operations of the shared state store that failed or timed out.",
             registry=self.registry,
         )
+        self.stream_subscribers = Gauge(
+            "stock_api_event_stream_subscribers",
+            "Clients subscribed to GET /circuit-breaker/events.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.stream_dropped = Counter(
+            "stock_api_event_stream_dropped_subscribers_total",
+            "Event stream subscribers dropped for falling too far behind.",
+            registry=self.registry,
+        )
         # Pre-bound children: .labels() costs a lock and a dict lookup on every request.
         self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._rejected_children: dict[str, Counter] = {}
@@ -291,6 +302,24 @@ class Metrics(Listener):
 
     def count_consumer_throttled(self, consumer: str, reason: str) -> None:
         self.consumer_throttled.labels(consumer, reason).inc()
+
+    def cache_lookups(self) -> tuple[float, float]:
+        """Fresh hits and all lookups of the cache in this process, since it started."""
+        hits = lookups = 0.0
+        for family in self.cache_requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    lookups += sample.value
+                    hits += sample.value if sample.labels["result"] == "hit" else 0.0
+        return hits, lookups
+
+    # -- StreamMetrics -------------------------------------------------------------------
+
+    def subscribers_changed(self, count: int) -> None:
+        self.stream_subscribers.set(count)
+
+    def subscriber_dropped(self) -> None:
+        self.stream_dropped.inc()
 
     # -- StoreEvents ---------------------------------------------------------------------
 

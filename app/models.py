@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 Source = Literal["upstream", "cache", "stale"]
 
@@ -189,3 +189,25 @@ class ConsumerUsage(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class BreakerTransition(BaseModel):
+    """One state change of a breaker, as every replica recorded it (GET
+    /circuit-breaker/history, and the event stream's `transition` events)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: int  # given by the shared store: increasing, the same on every replica
+    breaker: str
+    from_: Literal["closed", "open", "half_open"] = Field(alias="from")
+    to: Literal["closed", "open", "half_open"]
+    # failure_threshold, failure_rate, probe_failed, timeout_elapsed, probes_succeeded,
+    # forced_open, reset
+    reason: str
+    generation: int  # the breaker's shared generation the change started
+    retry_after: float  # an opening's timeout, backoff included; 0 for other changes
+    at: str  # ISO 8601 UTC with milliseconds, e.g. 2026-12-02T10:00:00.123Z
+
+
+class TransitionHistory(BaseModel):
+    transitions: list[BreakerTransition]  # oldest first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -10,10 +11,11 @@ from pydantic import SecretStr
 
 from app import alphavantage
 from app.alphavantage import AlphaVantageClient
-from app.breaker import Backoff, CircuitBreaker, FailureRate, Sharing
+from app.breaker import Backoff, CircuitBreaker, FailureRate, Listener, Sharing
 from app.cache import TTLCache
 from app.consumers import ConsumerLimits, ConsumerRegistry
 from app.errors import is_upstream_failure
+from app.event_stream import CallCounts, EventHub
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
 from app.passthrough import PASSTHROUGH, parse_ttls
@@ -22,6 +24,7 @@ from app.service import Key, Lane, StockService, Value
 from app.settings import Settings
 from app.shared_cache import SharedCache
 from app.state import ObservedState
+from app.transition_log import TransitionLog, TransitionRecorder
 
 BREAKER_NAME = "alphavantage"  # the shared breaker; with BREAKER_SCOPE=function, a prefix
 # What the service's lanes are keyed by: each built-in function, and the gateway's pass-through
@@ -44,6 +47,9 @@ class Resources:
     metrics: Metrics
     service: StockService
     renderer: Renderer
+    transitions: TransitionLog  # GET /circuit-breaker/history
+    recorder: TransitionRecorder  # writes the breakers' transitions to it
+    events: EventHub  # GET /circuit-breaker/events
 
 
 def upstream_connections(settings: Settings) -> int:
@@ -76,8 +82,14 @@ def build_resources(
     else:
         names = dict.fromkeys(LANE_FUNCTIONS, BREAKER_NAME)
     key = key_digest(settings.alphavantage_api_key)
+    transitions = TransitionLog(state, f"transitions:{key}")
+    recorder = TransitionRecorder(transitions)
+    counts = CallCounts()
+    listeners = (metrics, recorder, counts)
     lanes_by_name = {
-        name: build_lane(name, settings, metrics, breaker_sharing(settings, state, key, name))
+        name: build_lane(
+            name, settings, metrics, listeners, breaker_sharing(settings, state, key, name)
+        )
         for name in names.values()
     }
     lanes = {function: lanes_by_name[name] for function, name in names.items()}
@@ -129,11 +141,12 @@ def build_resources(
         consumer_limits,
         passthrough_ttls=parse_ttls(settings.gateway_passthrough_ttls),
     )
+    breakers = tuple(lane.breaker for lane in lanes_by_name.values())
     return Resources(
         settings=settings,
         http=http,
         state=state,
-        breakers=tuple(lane.breaker for lane in lanes_by_name.values()),
+        breakers=breakers,
         bulkheads=bulkheads,
         limits=limits,
         consumers=ConsumerRegistry(state),
@@ -141,6 +154,17 @@ def build_resources(
         metrics=metrics,
         service=service,
         renderer=Renderer(),
+        transitions=transitions,
+        recorder=recorder,
+        events=EventHub(
+            breakers,
+            transitions,
+            limits,
+            counts,
+            metrics,
+            summary_seconds=settings.events_summary_seconds,
+            heartbeat_seconds=settings.events_heartbeat_seconds,
+        ),
     )
 
 
@@ -156,7 +180,13 @@ def breaker_sharing(settings: Settings, state: ObservedState, key: str, name: st
     )
 
 
-def build_lane(name: str, settings: Settings, metrics: Metrics, sharing: Sharing) -> Lane:
+def build_lane(
+    name: str,
+    settings: Settings,
+    metrics: Metrics,
+    listeners: Sequence[Listener],
+    sharing: Sharing,
+) -> Lane:
     breaker = CircuitBreaker(
         name,
         failure_threshold=settings.breaker_failure_threshold,
@@ -171,7 +201,7 @@ def build_lane(name: str, settings: Settings, metrics: Metrics, sharing: Sharing
             jitter=settings.breaker_backoff_jitter,
         ),
         is_failure=is_upstream_failure,
-        listeners=[metrics],
+        listeners=listeners,
         shared=sharing,
     )
     metrics.watch(breaker)

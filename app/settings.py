@@ -91,6 +91,9 @@ class Settings(StoreSettings):
     shutdown_drain_seconds: Seconds = 2.0
     shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 20
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # GET /circuit-breaker/events: a summary event, and a heartbeat comment, this often.
+    events_summary_seconds: PositiveSeconds = 5.0
+    events_heartbeat_seconds: PositiveSeconds = 15.0
     # Comma-separated: the functions GET /query answers, built-in or passed through; `*` for
     # all of them. Any other gets Alpha Vantage's "does not exist" Error Message. Empty: none.
     gateway_functions: str = ALL_FUNCTIONS

@@ -48,14 +48,14 @@ Design, after sony/gobreaker:
   caller that waited while another asked takes that answer (see CircuitBreaker.__init__).
   The hot paths (a CLOSED call without a store, an OPEN rejection) only read, and take no
   lock.
-- Listeners hear of transitions, call outcomes and rejections after the state is committed;
-  one that raises is logged and ignored.
+- Listeners hear of transitions (with a reason and the generation they started), call
+  outcomes and rejections after the state is committed; one that raises is logged and ignored.
 
 Modules, each private to this package, which re-exports the public names (`__all__`; import
 them from `app.breaker`, never from the modules):
 - `_breaker.py`: CircuitBreaker, the state machine, and Guard, its context manager.
-- `_types.py`: State, Outcome, Snapshot, CircuitOpenError, the Listener protocol, and
-  count_every_exception (the default `is_failure`).
+- `_types.py`: State, Outcome, Snapshot, Transition, CircuitOpenError, the Listener protocol,
+  and count_every_exception (the default `is_failure`).
 - `_window.py`: FailureRate and the count and time windows it sets up.
 - `_backoff.py`: Backoff.
 - `_shared.py`: Sharing, the SharedStore protocol, and the shared document's rules.
@@ -70,6 +70,7 @@ from app.breaker._types import (
     Outcome,
     Snapshot,
     State,
+    Transition,
     count_every_exception,
 )
 from app.breaker._window import FailureRate
@@ -86,5 +87,6 @@ __all__ = [
     "Sharing",
     "Snapshot",
     "State",
+    "Transition",
     "count_every_exception",
 ]

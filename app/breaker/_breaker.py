@@ -24,6 +24,7 @@ from app.breaker._types import (
     Outcome,
     Snapshot,
     State,
+    Transition,
     count_every_exception,
 )
 from app.breaker._window import FailureRate, new_window
@@ -43,6 +44,8 @@ _FORCE_OPEN, _RESET = "force_open", "reset"  # a manual command not yet written 
 # What admission hands the call: the local generation, whether it is a probe, and the
 # store's claim (None when the breaker decided alone: no store, or one that did not answer).
 Ticket = tuple[int, bool, Claim | None]
+# A change of this copy's state: from, to, and why (a Transition's reason).
+Change = tuple[State, State, str]
 
 
 def _classify(exc: BaseException | None, is_failure: Callable[[Exception], bool]) -> Outcome:
@@ -234,9 +237,7 @@ class CircuitBreaker:
             transition, admission = self._admit_alone(self._clock())
         return self._admitted(transition, admission)
 
-    def _admit_alone(
-        self, now: float
-    ) -> tuple[tuple[State, State] | None, Ticket | CircuitOpenError]:
+    def _admit_alone(self, now: float) -> tuple[Change | None, Ticket | CircuitOpenError]:
         """Decide an admission on this copy of the state alone."""
         transition = self._expire(now)
         if self._state is _OPEN:
@@ -247,12 +248,9 @@ class CircuitBreaker:
             self._probes += 1
         return transition, (self._generation, self._state is _HALF_OPEN, None)
 
-    def _admitted(
-        self, transition: tuple[State, State] | None, admission: Ticket | CircuitOpenError
-    ) -> Ticket:
+    def _admitted(self, transition: Change | None, admission: Ticket | CircuitOpenError) -> Ticket:
         """Announce an admission decided under the lock, once it is released."""
-        if transition is not None:
-            self._emit_transition(transition)
+        self._emit_transition(transition)
         if isinstance(admission, CircuitOpenError):
             self._emit_rejection(admission)
             raise admission
@@ -317,7 +315,7 @@ class CircuitBreaker:
             outcome = Outcome.FAILURE
 
         now = self._clock()
-        transition: tuple[State, State] | None = None
+        transition: Change | None = None
         if generation == self._generation:  # otherwise the result is stale: it changes nothing
             if probe:
                 self._probes -= 1
@@ -326,23 +324,23 @@ class CircuitBreaker:
                 if self._state is not _CLOSED:
                     self._successes += 1
                     if self._successes >= self.success_threshold:
-                        transition = self._set_state(_CLOSED)
+                        transition = self._set_state(_CLOSED, "probes_succeeded")
                 elif window is None:
                     self._failures = 0
                 elif window.record(now, False, now - started):
-                    transition = self._open(now, self.timeout)
+                    transition = self._open(now, self.timeout, "failure_rate")
             elif outcome is Outcome.FAILURE:
                 self._last_failure_time = time.time()
                 if self._state is _HALF_OPEN:
                     self._failures += 1  # shown while OPEN, as after a trip from CLOSED
                     self._reopens += 1
-                    transition = self._open(now, self._reopen_timeout())
+                    transition = self._open(now, self._reopen_timeout(), "probe_failed")
                 elif window is None:
                     self._failures += 1
                     if self._failures >= self.failure_threshold:
-                        transition = self._open(now, self.timeout)
+                        transition = self._open(now, self.timeout, "failure_threshold")
                 elif window.record(now, True, now - started):
-                    transition = self._open(now, self.timeout)
+                    transition = self._open(now, self.timeout, "failure_rate")
 
         if self._listeners:
             duration = now - started
@@ -387,12 +385,11 @@ class CircuitBreaker:
         if self._listeners:
             duration = now - started
             self._emit(lambda listener: listener.call_finished(self, outcome, duration))
-        if transition is not None:
-            self._emit_transition(transition)
+        self._emit_transition(transition)
 
     def _settle_alone(
         self, generation: int, probe: bool, outcome: Outcome, trip: bool, now: float
-    ) -> tuple[State, State] | None:
+    ) -> Change | None:
         """A shared call's result on this copy only, as _settle would record it (the window
         has had it already)."""
         if generation != self._generation:
@@ -400,12 +397,12 @@ class CircuitBreaker:
         if probe:
             self._probes -= 1
         if trip:
-            return self._open(now, self.timeout)
+            return self._open(now, self.timeout, "failure_rate")
         if outcome is Outcome.SUCCESS:
             if self._state is not _CLOSED:
                 self._successes += 1
                 if self._successes >= self.success_threshold:
-                    return self._set_state(_CLOSED)
+                    return self._set_state(_CLOSED, "probes_succeeded")
             elif self._window is None:
                 self._failures = 0
         elif outcome is Outcome.FAILURE:
@@ -413,11 +410,11 @@ class CircuitBreaker:
             if self._state is _HALF_OPEN:
                 self._failures += 1
                 self._reopens += 1
-                return self._open(now, self._reopen_timeout())
+                return self._open(now, self._reopen_timeout(), "probe_failed")
             if self._window is None:
                 self._failures += 1
                 if self._failures >= self.failure_threshold:
-                    return self._open(now, self.timeout)
+                    return self._open(now, self.timeout, "failure_threshold")
         return None
 
     # -- the shared state ------------------------------------------------------------------
@@ -435,12 +432,11 @@ class CircuitBreaker:
             except Exception as error:
                 self._store_failed(link, error)
                 return
-        if transition is not None:
-            self._emit_transition(transition)
+        self._emit_transition(transition)
 
     async def _exchange(
         self, link: Link, operation: Callable[[Record, float], R]
-    ) -> tuple[R, tuple[State, State] | None]:
+    ) -> tuple[R, Change | None]:
         """One atomic change of the shared document: a manual command given here first, the
         lazy transitions, then `operation`; then this copy takes the result. Returns the
         operation's result and this copy's transition. Raises what the store raises."""
@@ -462,10 +458,20 @@ class CircuitBreaker:
             link.command = None
         return result, self._adopt(link, record, store_now)
 
-    def _adopt(self, link: Link, record: Record, store_now: float) -> tuple[State, State] | None:
-        """Make this copy the shared state the store just returned."""
+    def _adopt(self, link: Link, record: Record, store_now: float) -> Change | None:
+        """Make this copy the shared state the store just returned, and keep the shared
+        change it shows, if this copy has not taken it up before, for the listeners."""
         now = self._clock()
         old = self._state
+        if record.generation != link.generation and record.changed_at is not None:
+            link.heard = Transition(
+                record.previous,
+                record.state,
+                record.reason,
+                record.generation,
+                record.open_timeout if record.state is _OPEN else 0.0,
+                record.changed_at,
+            )
         if record.generation != link.generation or record.state is not old:
             # A new shared generation: calls admitted before it, here, are stale.
             self._generation += 1
@@ -486,7 +492,7 @@ class CircuitBreaker:
         link.next_sync = now + link.sharing.sync_interval
         link.retry_at = -math.inf
         self._arm_fast_paths()
-        return None if record.state is old else (old, record.state)
+        return None if record.state is old else (old, record.state, record.reason)
 
     def _store_failed(self, link: Link, error: Exception) -> None:
         """Decide alone, on this copy, until the sync interval has passed."""
@@ -506,25 +512,26 @@ class CircuitBreaker:
         everywhere once written: by refresh() or this breaker's next admission."""
         now = self._refresh()
         old = self._state
-        self._open(now, self.timeout)  # the timeout it reports; it lasts until reset()
+        # The timeout it reports; it lasts until reset().
+        self._open(now, self.timeout, "forced_open")
         self._forced = True
         self._open_until = math.inf
         if self._link is not None:
             self._link.command = _FORCE_OPEN
         self._arm_fast_paths()
         if old is not State.OPEN:
-            self._emit_transition((old, State.OPEN))
+            self._emit_transition((old, State.OPEN, "forced_open"))
 
     def reset(self) -> None:
         """Back to CLOSED with every counter cleared. With a store, as for force_open()."""
         self._refresh()
         old = self._state
-        self._set_state(State.CLOSED)
+        self._set_state(State.CLOSED, "reset")
         self._last_failure_time = None
         if self._link is not None:
             self._link.command = _RESET
         if old is not State.CLOSED:
-            self._emit_transition((old, State.CLOSED))
+            self._emit_transition((old, State.CLOSED, "reset"))
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -536,13 +543,13 @@ class CircuitBreaker:
             self._emit_transition(transition)
         return now
 
-    def _expire(self, now: float) -> tuple[State, State] | None:
+    def _expire(self, now: float) -> Change | None:
         if self._state is State.OPEN and now >= self._open_until:
-            return self._set_state(State.HALF_OPEN)
+            return self._set_state(State.HALF_OPEN, "timeout_elapsed")
         return None
 
-    def _open(self, now: float, timeout: float) -> tuple[State, State]:
-        transition = self._set_state(State.OPEN)
+    def _open(self, now: float, timeout: float, reason: str) -> Change:
+        transition = self._set_state(State.OPEN, reason)
         self._open_timeout = timeout
         self._open_until = now + timeout
         self._arm_fast_paths()
@@ -567,7 +574,7 @@ class CircuitBreaker:
             return self.timeout
         return reopen_timeout(self._backoff, self.timeout, self._reopens, self._random)
 
-    def _set_state(self, new: State) -> tuple[State, State]:
+    def _set_state(self, new: State, reason: str) -> Change:
         """Change state (callers opening use _open, which also sets the timeout)."""
         old = self._state
         self._state = new
@@ -586,15 +593,29 @@ class CircuitBreaker:
         else:
             self._failures = 0
         self._arm_fast_paths()
-        return old, new
+        return old, new, reason
 
-    def _emit_transition(self, transition: tuple[State, State]) -> None:
-        old, new = transition
-        if new is State.OPEN:
-            logger.warning("circuit breaker %r opened (was %s)", self.name, old.value)
-        else:
-            logger.info("circuit breaker %r is now %s (was %s)", self.name, new.value, old.value)
-        self._emit(lambda listener: listener.state_changed(self, old, new))
+    def _emit_transition(self, change: Change | None) -> None:
+        """Announce a change of this copy (state_changed) and the Transition behind it: without
+        a store, this change; with one, the shared change this copy last took up, if any."""
+        if change is not None:
+            old, new, reason = change
+            if new is State.OPEN:
+                logger.warning("circuit breaker %r opened (was %s)", self.name, old.value)
+            else:
+                logger.info(
+                    "circuit breaker %r is now %s (was %s)", self.name, new.value, old.value
+                )
+            self._emit(lambda listener: listener.state_changed(self, old, new))
+        link = self._link
+        if link is None:
+            if change is not None:
+                retry_after = self._open_timeout if new is State.OPEN else 0.0
+                heard = Transition(old, new, reason, self._generation, retry_after, time.time())
+                self._emit(lambda listener: listener.transitioned(self, heard))
+        elif link.heard is not None:
+            shared, link.heard = link.heard, None
+            self._emit(lambda listener: listener.transitioned(self, shared))
 
     def _emit_rejection(self, error: CircuitOpenError) -> None:
         self._emit(lambda listener: listener.call_rejected(self, error))

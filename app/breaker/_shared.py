@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from app.breaker._backoff import reopen_timeout
-from app.breaker._types import Outcome, State
+from app.breaker._types import Outcome, State, Transition
 
 if TYPE_CHECKING:
     from app.breaker._breaker import CircuitBreaker
@@ -80,6 +80,7 @@ class Link:
     retry_at: float = -math.inf  # the store failed: the breaker decides alone until then
     exchanges: int = 0  # begun so far
     command: str | None = None  # a force_open() or reset() still to be written
+    heard: Transition | None = None  # a shared change taken up, not yet announced
 
 
 class Claim(NamedTuple):
@@ -105,6 +106,10 @@ class Record:
     forced: bool
     last_failure_time: float | None
     leases: dict[str, float] = field(default_factory=dict)  # probe lease -> its expiry
+    # The latest change of state: from what, why and when (for the listeners' Transition).
+    previous: State = State.CLOSED
+    reason: str = ""
+    changed_at: float | None = None
 
     @classmethod
     def load(cls, document: Document, timeout: float) -> Record:
@@ -122,6 +127,10 @@ class Record:
             document["forced"],
             document["last_failure_time"],
             dict(document["leases"]),
+            # Absent from documents written before transitions carried a reason.
+            State(document.get("previous", document["state"])),
+            document.get("reason", ""),
+            document.get("changed_at"),
         )
 
     def dump(self) -> Document:
@@ -137,6 +146,9 @@ class Record:
             "forced": self.forced,
             "last_failure_time": self.last_failure_time,
             "leases": self.leases,
+            "previous": self.previous.value,
+            "reason": self.reason,
+            "changed_at": self.changed_at,
         }
 
     # -- the operations, each one whole change -------------------------------------------
@@ -145,7 +157,7 @@ class Record:
         """The lazy transitions: OPEN past its timeout is HALF_OPEN; a probe lease past its
         expiry is free again."""
         if self.state is State.OPEN and not self.forced and now >= self.open_until:
-            self._move(State.HALF_OPEN, now)
+            self._move(State.HALF_OPEN, now, "timeout_elapsed")
         elif self.state is State.HALF_OPEN:
             self.leases = {lease: end for lease, end in self.leases.items() if end > now}
 
@@ -173,7 +185,7 @@ class Record:
             if self.state is State.HALF_OPEN:
                 self.successes += 1
                 if self.successes >= breaker.success_threshold:
-                    self._move(State.CLOSED, now)
+                    self._move(State.CLOSED, now, "probes_succeeded")
             else:
                 self.failures = 0
         elif outcome is Outcome.FAILURE:
@@ -186,28 +198,29 @@ class Record:
                     timeout = reopen_timeout(
                         breaker.backoff, timeout, self.reopens, breaker._random
                     )
-                self.open(now, timeout)
+                self.open(now, timeout, "probe_failed")
             elif breaker.failure_rate is None:
                 self.failures += 1
                 if self.failures >= breaker.failure_threshold:
-                    self.open(now, breaker.timeout)
+                    self.open(now, breaker.timeout, "failure_threshold")
         if trip and self.state is State.CLOSED:
-            self.open(now, breaker.timeout)
+            self.open(now, breaker.timeout, "failure_rate")
 
-    def open(self, now: float, timeout: float) -> None:
-        self._move(State.OPEN, now)
+    def open(self, now: float, timeout: float, reason: str) -> None:
+        self._move(State.OPEN, now, reason)
         self.open_timeout = timeout
         self.open_until = now + timeout
 
     def force_open(self, now: float, timeout: float) -> None:
-        self.open(now, timeout)
+        self.open(now, timeout, "forced_open")
         self.forced = True
 
     def reset(self, now: float) -> None:
-        self._move(State.CLOSED, now)
+        self._move(State.CLOSED, now, "reset")
         self.last_failure_time = None
 
-    def _move(self, state: State, now: float) -> None:
+    def _move(self, state: State, now: float, reason: str) -> None:
+        self.previous, self.reason, self.changed_at = self.state, reason, now
         self.state = state
         self.generation += 1
         self.successes = 0

@@ -1,5 +1,6 @@
 """What a caller sees of a breaker besides CircuitBreaker itself: its states, how a call
-ended, the snapshot, the rejection, the listener protocol, and the default `is_failure`."""
+ended, the snapshot, a transition, the rejection, the listener protocol, and the default
+`is_failure`."""
 
 from __future__ import annotations
 
@@ -82,10 +83,31 @@ class Snapshot:
     slow_call_rate: float | None  # likewise
 
 
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change, as the breaker decided it (with a store: as the store did, heard by
+    every process that takes it up, so `generation` tells one change from another)."""
+
+    old: State
+    new: State
+    # failure_threshold, failure_rate, probe_failed, timeout_elapsed, probes_succeeded,
+    # forced_open, reset
+    reason: str
+    generation: int  # the generation the change started: the store's, when shared
+    retry_after: float  # an opening's timeout, backoff included (forced: `timeout`); else 0
+    at: float  # when, wall-clock seconds since the epoch (the store's clock, when shared)
+
+
 class Listener(Protocol):
     """Receives the breaker's events. Subclass it and override what you need."""
 
     def state_changed(self, breaker: CircuitBreaker, old: State, new: State) -> None:
+        return None
+
+    def transitioned(self, breaker: CircuitBreaker, transition: Transition) -> None:
+        """The change with its reason and generation. A shared breaker reports each change of
+        the shared state here in every process that takes it up (once each), and no change
+        this copy made alone while the store did not answer; `state_changed` hears those."""
         return None
 
     def call_finished(self, breaker: CircuitBreaker, outcome: Outcome, duration: float) -> None:

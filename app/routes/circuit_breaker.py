@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from app.breaker import CircuitBreaker, Snapshot, State
+from app.breaker import CircuitBreaker, State
 from app.deps import ADMIN_ONLY, BreakersDep
-from app.models import BreakerSnapshot, BreakerStatus, ErrorBody
+from app.models import BreakerStatus, ErrorBody
+from app.views import breaker_snapshot, refreshed
 
 router = APIRouter(tags=["circuit breaker"])
 
@@ -22,40 +21,6 @@ ADMIN_ERRORS: dict[int | str, dict[str, object]] = {
 SEVERITY = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 BreakerName = Annotated[str | None, Query(description="Only this breaker (default: every breaker)")]
-
-
-def _utc(timestamp: float | None) -> dt.datetime | None:
-    return None if timestamp is None else dt.datetime.fromtimestamp(timestamp, dt.UTC)
-
-
-def breaker_snapshot(snapshot: Snapshot) -> BreakerSnapshot:
-    return BreakerSnapshot(
-        name=snapshot.name,
-        state=snapshot.state.value,
-        failure_count=snapshot.failure_count,
-        success_count=snapshot.success_count,
-        failure_threshold=snapshot.failure_threshold,
-        success_threshold=snapshot.success_threshold,
-        timeout_seconds=snapshot.timeout,
-        half_open_max_calls=snapshot.half_open_max_calls,
-        last_failure_time=_utc(snapshot.last_failure_time),
-        opened_at=_utc(snapshot.opened_at),
-        retry_after_seconds=round(snapshot.retry_after, 3),
-        forced_open=snapshot.forced_open,
-        mode=snapshot.mode,
-        open_timeout_seconds=round(snapshot.open_timeout, 3),
-        reopens=snapshot.reopens,
-        window_calls=snapshot.window_calls,
-        failure_rate=snapshot.failure_rate,
-        slow_call_rate=snapshot.slow_call_rate,
-    )
-
-
-async def refreshed(breakers: tuple[CircuitBreaker, ...]) -> tuple[CircuitBreaker, ...]:
-    """`breakers`, each brought up to date with the state it shares with the other processes
-    (and a force-open or reset given here written there)."""
-    await asyncio.gather(*(breaker.refresh() for breaker in breakers))
-    return breakers
 
 
 def breaker_status(breakers: tuple[CircuitBreaker, ...]) -> BreakerStatus:

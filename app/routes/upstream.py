@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import datetime as dt
-import time
-
 from fastapi import APIRouter
 
 from app.deps import ResourcesDep
@@ -11,19 +8,13 @@ from app.limits import LimitsStatus
 from app.models import (
     BulkheadStatus,
     PacingStatus,
-    QuotaStatus,
     StateStoreStatus,
     UpstreamStatus,
 )
 from app.state import describe
+from app.views import quota_status, utc_in
 
 router = APIRouter(tags=["upstream"])
-
-
-def _utc_in(seconds: float | None) -> dt.datetime | None:
-    if seconds is None:
-        return None
-    return dt.datetime.fromtimestamp(time.time() + seconds, dt.UTC)
 
 
 @router.get("/upstream", response_model=UpstreamStatus)
@@ -35,17 +26,7 @@ async def upstream_status(resources: ResourcesDep) -> UpstreamStatus:
         status = await limits.status()
     except Throttled:  # the store does not answer: what it holds is unknown
         status = LimitsStatus(quota=None, tokens=None, paused_for=0.0)
-    quota = None
-    if limits.quota is not None and status.quota is not None:
-        usage = status.quota
-        quota = QuotaStatus(
-            limit=usage.limit,
-            used=usage.used,
-            remaining=usage.remaining,
-            window_seconds=limits.quota[1],
-            next_refill_at=_utc_in(usage.next_refill_in),
-            blocked_until=_utc_in(usage.blocked_for or None),
-        )
+    quota = quota_status(limits, status.quota)
     pacing = None
     if limits.pacing is not None and status.tokens is not None:
         rate, burst = limits.pacing
@@ -54,7 +35,7 @@ async def upstream_status(resources: ResourcesDep) -> UpstreamStatus:
         state_store=StateStoreStatus(url=describe(resources.state.url), up=resources.state.up),
         quota=quota,
         pacing=pacing,
-        paused_until=_utc_in(status.paused_for or None),
+        paused_until=utc_in(status.paused_for or None),
         max_wait_seconds=limits.max_wait,
         bulkheads=[
             BulkheadStatus(name=b.name, max_concurrency=b.max_concurrency, in_flight=b.in_flight)

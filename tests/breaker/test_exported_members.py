@@ -21,6 +21,7 @@ PUBLIC_NAMES = {
     "Sharing",
     "Snapshot",
     "State",
+    "Transition",
     "count_every_exception",
 }
 
