@@ -13,6 +13,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from app.simulator import FaultMode
-from tests.helpers import trip
+from tests.helpers import trip, upstream_status
 from tests.servers import ROOT, ServerPool, Stack, add_consumer, connect, debian_tool
 
 pytestmark = pytest.mark.integration
@@ -33,21 +34,23 @@ API_KEY = "STATUS-PAGE-KEY-4e1f"
 ADMIN_TOKEN = "status-page-admin"
 SECRETS = (API_KEY, ADMIN_TOKEN)
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BREAKER = "alphavantage"
 BREAKER_TIMEOUT_SECONDS = 3  # short, so that half-open comes soon
 SUCCESS_THRESHOLD = 3
+DAILY_QUOTA = 500
 OPEN_WITHIN_SECONDS = 2.0  # issue 15: the page shows open within two seconds of the trip
-# Half-open needs no traffic: the stream reports it once the timeout is over and the service
-# next looks at the breaker (at the latest, its next summary).
+# Half-open needs no traffic: while anyone follows the stream, the service looks at its
+# breakers every second, and streams the move once the timeout is over.
 HALF_OPEN_WITHIN_SECONDS = BREAKER_TIMEOUT_SECONDS + 10.0
 SETTLE_SECONDS = 10.0  # for what has no bound of its own: the page's first load, a fetch
-WINDOW = (1000, 860)
+WINDOW = (1000, 1000)  # the whole page, at every state
 # `make screenshot` sets it to docs/status-page.png: the README's picture, of the open state.
 README_SCREENSHOT = "STATUS_PAGE_SCREENSHOT"
 
 
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
+@contextmanager
+def chromium(*, javascript: bool = True) -> Iterator[WebDriver]:
     """Debian's headless Chromium, with its console log kept for the test to read."""
     options = webdriver.ChromeOptions()
     options.binary_location = debian_tool("chromium", package="chromium")
@@ -60,6 +63,10 @@ def browser() -> Iterator[WebDriver]:
         "--force-device-scale-factor=1",
     ):
         options.add_argument(argument)
+    if not javascript:
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2}
+        )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(executable_path=debian_tool("chromedriver", package="chromium-driver"))
     driver = webdriver.Chrome(options=options, service=service)
@@ -67,6 +74,12 @@ def browser() -> Iterator[WebDriver]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    with chromium() as driver:
+        yield driver
 
 
 class StatusPage:
@@ -113,8 +126,9 @@ class StatusPage:
         ]
 
     def screenshot(self, name: str) -> Path:
+        """The page's body, cropped to it, as `name`.png in the test's folder."""
         path = self.folder / f"{name}.png"
-        assert self.driver.save_screenshot(str(path))
+        assert self.driver.find_element(By.TAG_NAME, "body").screenshot(str(path))
         return path
 
     def console_errors(self) -> list[str]:
@@ -139,22 +153,23 @@ async def test_the_page_follows_the_breaker_through_a_trip_and_a_recovery(
             "BREAKER_SUCCESS_THRESHOLD": str(SUCCESS_THRESHOLD),
             "BREAKER_TIMEOUT_SECONDS": str(BREAKER_TIMEOUT_SECONDS),
             "BREAKER_BACKOFF_JITTER": "0",
+            "UPSTREAM_DAILY_QUOTA": str(DAILY_QUOTA),
             "EVENTS_SUMMARY_SECONDS": "1",
             "SHUTDOWN_DRAIN_SECONDS": "0",
         },
     )
     page = StatusPage(browser, tmp_path)
-    stack_secrets = (*SECRETS, token)
-    async with connect(Stack(simulator, service), stack_secrets) as (api, sim):
-        api.headers["Authorization"] = f"Bearer {token}"
-        assert (await api.get("/stock/IBM")).status_code == 200  # a call charged to the consumer
+    async with connect(Stack(simulator, service), (*SECRETS, token)) as (api, sim):
+        api.headers["Authorization"] = f"Bearer {token}"  # the consumer's requests
+        assert (await api.get("/stock/IBM")).status_code == 200
 
+        # Closed, and connected; from here on the page is never reloaded.
         browser.get(f"{service.url}/")
         page.wait_for_state("closed", SETTLE_SECONDS)
         page.wait_until(
             lambda: page.attribute("connection", "data-connection") == "live",
             SETTLE_SECONDS,
-            "the page is connected to the event stream",
+            "the page follows the event stream",
         )
         browser.execute_script("window.notReloaded = true")
 
@@ -164,17 +179,24 @@ async def test_the_page_follows_the_breaker_through_a_trip_and_a_recovery(
             lambda: "refused" in page.text("consumers-status"), SETTLE_SECONDS, "a refusal"
         )
         assert browser.execute_script("return sessionStorage.length") == 0
+        (refusal,) = page.console_errors()  # Chromium logs each 4xx a page fetches
+        assert "/consumers" in refusal
+        assert "401" in refusal
         enter_admin_token(browser, ADMIN_TOKEN)
         page.wait_until(
             lambda: "reporting" in page.text("consumers"), SETTLE_SECONDS, "the consumer's row"
         )
         assert ADMIN_TOKEN not in browser.current_url
         assert browser.execute_script("return localStorage.length") == 0
-        page.wait_until(  # the first summary
-            lambda: "%" in page.text("cache-hit-ratio"), SETTLE_SECONDS, "the cache hit ratio"
+        # The summaries: cache hits alone (the one miss came before the page subscribed).
+        for _ in range(3):
+            assert (await api.get("/stock/IBM")).json()["source"] == "cache"
+        page.wait_until(
+            lambda: page.text("cache-hit-ratio") == "100.0%", SETTLE_SECONDS, "a 100% hit ratio"
         )
         page.screenshot("1-closed")
 
+        # Open: within two seconds of the trip, with the time left before the probe.
         await trip(api, sim)
         tripped = time.monotonic()
         page.wait_for_state("open", OPEN_WITHIN_SECONDS)
@@ -187,8 +209,9 @@ async def test_the_page_follows_the_breaker_through_a_trip_and_a_recovery(
         open_shot = page.screenshot("2-open")
         print(f"the page showed open {red_after * 1000:.0f} ms after the trip")
 
+        # Half-open, with no request: the timeout runs out, counted down in the page.
         await sim.set_fault(FaultMode.HEALTHY)
-        page.wait_until(  # counted down in the page, between two events
+        page.wait_until(
             lambda: page.text(f"countdown-{BREAKER}") != countdown,
             SETTLE_SECONDS,
             "the countdown moves",
@@ -197,25 +220,27 @@ async def test_the_page_follows_the_breaker_through_a_trip_and_a_recovery(
         assert page.timeline()[0] == ("open", "half_open")
         page.screenshot("3-half-open")
 
+        # Closed again, once the probes succeed.
         for probe in range(SUCCESS_THRESHOLD):
             assert (await api.get(f"/stock/PROBE{probe}")).status_code == 200
         page.wait_for_state("closed", OPEN_WITHIN_SECONDS)
-        page.screenshot("4-closed-again")
-
         assert page.timeline()[:3] == [
             ("half_open", "closed"),
             ("open", "half_open"),
             ("closed", "open"),
         ]
         assert page.text(f"countdown-{BREAKER}") == ""
-        # The consumer's usage, refreshed on the summaries, as GET /consumers has it now.
-        usage = (
-            await api.get("/consumers", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        ).json()
-        expected = f"{usage[0]['used']} of 100"
-        page.wait_until(
-            lambda: expected in page.text("consumers"), SETTLE_SECONDS, f"usage {expected}"
-        )
+
+        # The summaries: the key's quota and the consumer's usage, as the API has them.
+        quota = (await upstream_status(api))["quota"]
+        assert quota["remaining"] < DAILY_QUOTA
+        left = f"{quota['remaining']} of {DAILY_QUOTA}"
+        page.wait_until(lambda: page.text("quota-left") == left, SETTLE_SECONDS, left)
+        (usage,) = (await api.get("/consumers", headers=ADMIN)).json()
+        used = f"{usage['used']} of 100"
+        page.wait_until(lambda: used in page.text("consumers"), SETTLE_SECONDS, f"used {used}")
+        page.screenshot("4-closed-again")
+
         assert browser.execute_script("return window.notReloaded") is True
         assert page.console_errors() == []
 
@@ -234,3 +259,14 @@ def keep_for_readme(screenshot: Path) -> None:
     target = os.environ.get(README_SCREENSHOT)
     if target:
         shutil.copyfile(screenshot, ROOT / target)
+
+
+def test_without_javascript_the_page_says_where_the_state_is(servers: ServerPool) -> None:
+    service = servers.start_service(servers.start_simulator(), {"ALPHAVANTAGE_API_KEY": API_KEY})
+    with chromium(javascript=False) as driver:
+        driver.get(f"{service.url}/")
+        notice = driver.find_element(By.CSS_SELECTOR, "noscript p")
+        assert notice.is_displayed()
+        links = [a.get_attribute("href") for a in notice.find_elements(By.TAG_NAME, "a")]
+        assert f"{service.url}/circuit-breaker" in links
+        assert not driver.find_element(By.ID, "live").is_displayed()  # nothing left waiting

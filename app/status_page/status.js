@@ -24,11 +24,18 @@ function element(tag, attributes = {}, ...children) {
 function seconds(value) {
   if (value < 60) return `${value.toFixed(1)} s`;
   const minutes = Math.round(value / 60);
-  return minutes < 60 ? `${minutes} min` : `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+  if (minutes < 60) return `${minutes} min`;
+  const [hours, rest] = [Math.floor(minutes / 60), minutes % 60];
+  return rest === 0 ? `${hours} h` : `${hours} h ${rest} min`;
 }
 
 function clock(iso) {
   return new Date(iso).toLocaleTimeString([], { hour12: false });
+}
+
+// A time to come: the clock, and how far off it is.
+function when(iso) {
+  return `${clock(iso)}, in ${seconds(Math.max(0, (Date.parse(iso) - Date.now()) / 1000))}`;
 }
 
 function stateChip(state) {
@@ -57,6 +64,7 @@ function applyTransition(change) {
   if (change.to !== "open") snapshot.forced_open = false;
   if (change.reason === "forced_open") snapshot.forced_open = true;
   snapshot.retry_after_seconds = change.to === "open" ? change.retry_after : 0;
+  if (change.to === "open") snapshot.opened_at = change.at;
   breakers.set(change.breaker, { snapshot, probeAt: probeAt(snapshot) });
   renderBreakers();
 }
@@ -78,18 +86,25 @@ function breakerCard(name) {
   return card;
 }
 
+function counts(s) {
+  if (s.state === "open") {
+    const reopened = s.reopens > 0 ? `, reopened ${s.reopens}× in a row` : "";
+    return s.opened_at === null ? "Rejecting calls" : `Opened ${clock(s.opened_at)}${reopened}`;
+  }
+  if (s.state === "half_open") return `Probes succeeded: ${s.success_count} of ${s.success_threshold}`;
+  if (s.mode === "failure_rate" && s.failure_rate !== null) {
+    return `Failure rate: ${Math.round(s.failure_rate * 100)}% over ${s.window_calls} calls`;
+  }
+  return `Failures in a row: ${s.failure_count} of ${s.failure_threshold}`;
+}
+
 function renderBreakers() {
   for (const [name, { snapshot: s }] of breakers) {
     const card = breakerCard(name);
     const badge = card.querySelector(".badge");
     badge.dataset.state = s.state;
     badge.textContent = STATE_LABELS[s.state] || s.state;
-    card.querySelector(".counts").textContent =
-      s.state === "half_open"
-        ? `Probes succeeded: ${s.success_count} of ${s.success_threshold}`
-        : s.mode === "failure_rate" && s.failure_rate !== null
-          ? `Failure rate: ${Math.round(s.failure_rate * 100)}% over ${s.window_calls} calls`
-          : `Failures in a row: ${s.failure_count} of ${s.failure_threshold}`;
+    card.querySelector(".counts").textContent = counts(s);
   }
   tick();
 }
@@ -148,11 +163,8 @@ function renderQuota(quota) {
   }
   byId("quota-left").textContent = `${quota.remaining} of ${quota.limit}`;
   const until = quota.blocked_until || quota.next_refill_at;
-  byId("quota-refill").textContent =
-    until === null
-      ? "Nothing used"
-      : `${clock(until)} (in ${seconds(Math.max(0, (Date.parse(until) - Date.now()) / 1000))})` +
-        (quota.blocked_until ? ", Alpha Vantage says the key is spent" : "");
+  byId("quota-refill").textContent = until === null ? "Nothing used" : when(until);
+  byId("quota-blocked").hidden = !quota.blocked_until;
 }
 
 function renderSummary(summary) {
@@ -160,9 +172,10 @@ function renderSummary(summary) {
   const ratio = summary.cache_hit_ratio;
   byId("cache-hit-ratio").textContent =
     ratio === null ? "No lookup" : `${(ratio * 100).toFixed(1)}%`;
-  byId("interval-title").textContent = `Last ${summary.interval_seconds} s`;
+  byId("interval-title").textContent =
+    `Calls / failed / rejected, last ${summary.interval_seconds} s`;
   byId("interval-calls").textContent =
-    `${summary.calls} calls, ${summary.failures} failures, ${summary.rejections} rejected`;
+    `${summary.calls} / ${summary.failures} / ${summary.rejections}`;
   setSnapshots(summary.breakers);
 }
 
@@ -245,7 +258,7 @@ function renderConsumers(consumers) {
         element("th", { scope: "row" }, c.name),
         cell(c.calls_per_day === null ? null : `${c.used} of ${c.calls_per_day}`),
         cell(c.remaining),
-        cell(c.next_refill_at && clock(c.next_refill_at)),
+        cell(c.next_refill_at && when(c.next_refill_at)),
         cell(c.requests_per_second),
       ),
     ),
@@ -265,7 +278,6 @@ function forgetToken(message) {
 }
 
 function setUpAdminForm() {
-  byId("consumers-section").hidden = false;
   byId("admin-form").addEventListener("submit", (event) => {
     event.preventDefault(); // the token goes in a header, never in a URL or a form post
     const input = byId("admin-token");
@@ -277,6 +289,8 @@ function setUpAdminForm() {
   byId("admin-forget").addEventListener("click", () => forgetToken("Token forgotten."));
 }
 
+byId("live").hidden = false; // without JavaScript, the page shows only where the JSON is
+setConnection("connecting", "Connecting to the event stream…");
 setUpAdminForm();
 connect();
 loadConsumers();
