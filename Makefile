@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock lock-upgrade tools wrk run test test-integration screenshot lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota bench-store bench-outage bench-consumers clean
+.PHONY: install lock lock-upgrade tools wrk run test test-integration screenshot lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota bench-store bench-outage bench-consumers bench-sse clean
 
 # From the lock (requirements/dev.txt), not the newest releases: every checkout and CI install
 # the same versions, checked against the hashes. The project itself goes in without
@@ -120,6 +120,11 @@ bench-consumers: $(STAMP) wrk
 # Upstream calls an outage costs before every breaker is open, 1 replica against 3.
 bench-outage: $(STAMP)
 	$(BIN)/python bench/outage_cost.py
+
+# 1,000 idle subscribers of GET /circuit-breaker/events (RSS, CPU), and how soon a transition
+# reaches a subscriber of the same and of another replica, on SQLite and Redis (about a minute).
+bench-sse: $(STAMP) tools
+	$(BIN)/python bench/sse_subscribers.py
 
 clean:
 	rm -rf $(VENV) .venv-lock .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -1,10 +1,10 @@
 """GET /circuit-breaker/events: this process's subscribers, and the task that feeds them.
 
 One task per process, running only while someone subscribes, reads the transition log (one
-document of the shared store) every POLL_SECONDS and hands each new transition to every local
-subscriber: one code path for every store (SQLite has no pub/sub), one small read per process
-rather than per subscriber, and a transition made on any replica is streamed by every replica
-within a poll. The task also refreshes the breakers every REFRESH_SECONDS, so that an open
+document of the shared store) every POLL_SECONDS, and at once when this process has written
+to it, and hands each new transition to every local subscriber: one code path for every store
+(SQLite has no pub/sub), one small read per process rather than per subscriber, and a
+transition made on any replica is streamed by every replica within a poll. The task also refreshes the breakers every REFRESH_SECONDS, so that an open
 breaker's lazy move to half-open is taken up, recorded and streamed without traffic, and sends
 a summary every `summary_seconds`.
 
@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from app.breaker import CircuitBreaker, CircuitOpenError, Listener, Outcome
@@ -106,6 +106,7 @@ class EventHub:
         limits: UpstreamLimits,
         counts: CallCounts,
         metrics: StreamMetrics,
+        written: asyncio.Event,
         *,
         summary_seconds: float,
         heartbeat_seconds: float,
@@ -116,6 +117,7 @@ class EventHub:
         self._limits = limits
         self._counts = counts
         self._metrics = metrics
+        self._written = written  # set when this process has written to the log
         self.summary_seconds = summary_seconds
         self._heartbeat_seconds = heartbeat_seconds
         self._queue_size = queue_size
@@ -124,7 +126,7 @@ class EventHub:
         self._closed = False
         self._cache_seen = (0.0, 0.0)
 
-    async def stream(self, last_event_id: int | None) -> AsyncIterator[str]:
+    async def stream(self, last_event_id: int | None) -> AsyncGenerator[str, None]:
         """The events for one subscriber: `retry`, the state, the transitions after
         `last_event_id` still in the history, then the live ones, summaries and heartbeats."""
         subscriber = await self.subscribe(last_event_id)
@@ -225,7 +227,10 @@ class EventHub:
                         self._offer(subscriber, summary)
             except Exception:
                 logger.exception("event stream: feeding the subscribers failed")
-            await asyncio.sleep(POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._written.wait()
+            self._written.clear()
 
     async def _summary(self) -> dict[str, Any]:
         calls, failures, rejections = self._counts.take()

@@ -110,7 +110,7 @@ def create_app(
                 app.state.ready = False
                 restore_sigterm()
                 await resources.events.aclose()
-                await resources.recorder.aclose()
+                await resources.recorder.flush()
                 await resources.service.aclose()
                 await state.aclose()
 

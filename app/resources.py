@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ def build_resources(
         names = dict.fromkeys(LANE_FUNCTIONS, BREAKER_NAME)
     key = key_digest(settings.alphavantage_api_key)
     transitions = TransitionLog(state, f"transitions:{key}")
-    recorder = TransitionRecorder(transitions)
+    written = asyncio.Event()  # the recorder wrote to the log: the stream reads it at once
+    recorder = TransitionRecorder(transitions, on_written=written.set)
     counts = CallCounts()
     listeners = (metrics, recorder, counts)
     lanes_by_name = {
@@ -162,6 +164,7 @@ def build_resources(
             limits,
             counts,
             metrics,
+            written,
             summary_seconds=settings.events_summary_seconds,
             heartbeat_seconds=settings.events_heartbeat_seconds,
         ),

@@ -85,11 +85,14 @@ class TransitionLog:
 
 class TransitionRecorder(Listener):
     """The breakers' listener that writes their transitions to the log, in the order heard,
-    from one task at a time (a store write cannot happen inside the breaker's callback). One
-    the store refuses is left out: any other process that takes up the change reports it."""
+    from one task at a time (a store write cannot happen inside the breaker's callback), and
+    calls `on_written` after each write (this process's stream then reads the log at once).
+    One the store refuses is left out: any other process that takes up the change reports it.
+    """
 
-    def __init__(self, log: TransitionLog) -> None:
+    def __init__(self, log: TransitionLog, on_written: Callable[[], None] = lambda: None) -> None:
         self._log = log
+        self._on_written = on_written
         self._pending: list[Entry] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -105,8 +108,10 @@ class TransitionRecorder(Listener):
                 await self._log.append(entries)
             except StoreUnavailable as exc:
                 logger.warning("%d breaker transition(s) not recorded: %s", len(entries), exc)
+            else:
+                self._on_written()
 
-    async def aclose(self) -> None:
+    async def flush(self) -> None:
         """Finish the writes under way (each bounded by the store's timeout)."""
         if self._writer is not None:
             await self._writer

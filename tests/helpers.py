@@ -7,9 +7,12 @@ real-socket ones (uvicorn subprocesses on 127.0.0.1, tests/servers.py).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
-from collections.abc import Collection
+import json
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,3 +221,98 @@ class SimulatorControl:
         response = await self._client.get("/_stats")
         assert response.status_code == 200, response.text
         return response
+
+
+# -- the event stream (GET /circuit-breaker/events) ------------------------------------------
+
+
+STREAM_GUARD_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ServerSentEvent:
+    event: str
+    data: Any  # the `data:` line, parsed as JSON
+    id: int | None
+
+
+class EventStream:
+    """Reads a `text/event-stream` answer event by event, as a browser's EventSource would,
+    keeping the comments (heartbeats) it skips."""
+
+    def __init__(self, lines: AsyncIterator[str], headers: httpx.Headers | None = None) -> None:
+        self.headers = headers or httpx.Headers()
+        self.comments: list[str] = []
+        self._lines = lines
+
+    async def next(self, event: str | None = None) -> ServerSentEvent:
+        """The next event (of type `event`, skipping others); fails the test after
+        STREAM_GUARD_SECONDS (a guard against a hang, not a timing goal) or at the stream's
+        end."""
+        async with asyncio.timeout(STREAM_GUARD_SECONDS):
+            while True:
+                received = await self._read_event()
+                assert received is not None, "the stream ended"
+                if event is None or received.event == event:
+                    return received
+
+    async def next_comment(self) -> str:
+        """The next comment line (a heartbeat), which must come before any event."""
+        async with asyncio.timeout(STREAM_GUARD_SECONDS):
+            async for line in self._lines:
+                assert not line or line.startswith(":"), f"not a comment: {line}"
+                if line:
+                    self.comments.append(line)
+                    return line
+        raise AssertionError("the stream ended")
+
+    async def ended(self) -> bool:
+        """Read on until the stream ends: True if it does within STREAM_GUARD_SECONDS."""
+        try:
+            async with asyncio.timeout(STREAM_GUARD_SECONDS):
+                while await self._read_event() is not None:
+                    pass
+        except TimeoutError:
+            return False
+        return True
+
+    async def _read_event(self) -> ServerSentEvent | None:
+        fields: dict[str, str] = {}
+        async for line in self._lines:
+            if not line:
+                if "event" in fields:
+                    event_id = fields.get("id")
+                    return ServerSentEvent(
+                        fields["event"],
+                        json.loads(fields["data"]),
+                        None if event_id is None else int(event_id),
+                    )
+                fields.clear()  # a retry: line, or comments alone
+            elif line.startswith(":"):
+                self.comments.append(line)
+            else:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+        return None
+
+
+@asynccontextmanager
+async def event_stream(
+    api: httpx.AsyncClient, last_event_id: int | None = None
+) -> AsyncIterator[EventStream]:
+    """GET /circuit-breaker/events over `api` (a client without response hooks that read the
+    body: this one never ends by itself), closed on exit."""
+    headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+    async with api.stream("GET", "/circuit-breaker/events", headers=headers) as response:
+        assert response.status_code == 200, response.status_code
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield EventStream(response.aiter_lines(), response.headers)
+
+
+async def transition_history(api: httpx.AsyncClient, limit: int | None = None) -> list[Any]:
+    """GET /circuit-breaker/history: the transitions, oldest first."""
+    params = {} if limit is None else {"limit": limit}
+    response = await api.get("/circuit-breaker/history", params=params)
+    assert response.status_code == 200, response.text
+    transitions: list[Any] = response.json()["transitions"]
+    return transitions

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.breaker import CircuitBreaker, CircuitOpenError, Listener, Outcome, State
+from app.breaker import CircuitBreaker, CircuitOpenError, Listener, Outcome, State, Transition
 from tests.conftest import FakeClock
 
 
@@ -23,6 +23,7 @@ class UnknownSymbol(Exception):
 class Recorder(Listener):
     def __init__(self) -> None:
         self.transitions: list[tuple[State, State]] = []
+        self.heard: list[Transition] = []  # transitioned(): with reason and generation
         self.outcomes: list[Outcome] = []
         self.rejections: list[CircuitOpenError] = []
         self.lock_held_during_events = False
@@ -30,6 +31,10 @@ class Recorder(Listener):
     def state_changed(self, breaker: CircuitBreaker, old: State, new: State) -> None:
         self.lock_held_during_events |= breaker._lock.locked()
         self.transitions.append((old, new))
+
+    def transitioned(self, breaker: CircuitBreaker, transition: Transition) -> None:
+        self.lock_held_during_events |= breaker._lock.locked()
+        self.heard.append(transition)
 
     def call_finished(self, breaker: CircuitBreaker, outcome: Outcome, duration: float) -> None:
         self.lock_held_during_events |= breaker._lock.locked()
@@ -60,6 +65,11 @@ async def fail() -> str:
 
 async def unknown() -> str:
     raise UnknownSymbol
+
+
+def moves(recorder: Recorder) -> list[tuple[str, str, str, int]]:
+    """What the recorder heard through transitioned(): from, to, reason, generation."""
+    return [(t.old.value, t.new.value, t.reason, t.generation) for t in recorder.heard]
 
 
 def state_of(breaker: CircuitBreaker) -> State:

@@ -24,7 +24,9 @@ from tests.breaker.conftest import (
     Recorder,
     UnknownSymbol,
     fail,
+    fail_times,
     make,
+    moves,
     ok,
     settle_tasks,
     state_of,
@@ -593,3 +595,43 @@ async def test_closed_success_in_consecutive_mode_never_reads_the_clock() -> Non
     for _ in range(3):
         await breaker.call(ok)
     assert reads == 0
+
+
+# -- transitions with their reasons ------------------------------------------------------------
+
+
+async def test_every_transition_is_heard_with_its_reason_generation_and_retry_after(
+    clock: FakeClock,
+) -> None:
+    recorder = Recorder()
+    breaker = make(clock, recorder, backoff=Backoff(2.0, 300.0, jitter=0.0))
+    await trip(breaker)
+    clock.advance(30)
+    assert state_of(breaker) is State.HALF_OPEN  # the lazy move, heard when read
+    await fail_times(breaker, 1)
+    clock.advance(60)
+    for _ in range(3):
+        await breaker.call(ok)
+    breaker.force_open()
+    breaker.reset()
+    assert moves(recorder) == [
+        ("closed", "open", "failure_threshold", 1),
+        ("open", "half_open", "timeout_elapsed", 2),
+        ("half_open", "open", "probe_failed", 3),
+        ("open", "half_open", "timeout_elapsed", 4),
+        ("half_open", "closed", "probes_succeeded", 5),
+        ("closed", "open", "forced_open", 6),
+        ("open", "closed", "reset", 7),
+    ]
+    assert [t.retry_after for t in recorder.heard] == [30.0, 0, 60.0, 0, 0, 30.0, 0]
+    assert recorder.transitions == [(t.old, t.new) for t in recorder.heard]
+
+
+async def test_a_failure_rate_trip_is_heard_as_such(clock: FakeClock) -> None:
+    recorder = Recorder()
+    breaker = make(
+        clock, recorder, failure_rate=FailureRate(threshold=0.5, minimum_calls=2, window_calls=2)
+    )
+    await breaker.call(ok)
+    await fail_times(breaker, 1)
+    assert moves(recorder) == [("closed", "open", "failure_rate", 1)]

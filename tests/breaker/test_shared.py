@@ -21,7 +21,7 @@ from app.breaker import (
     Sharing,
     State,
 )
-from tests.breaker.conftest import Boom, Gate, Recorder, fail_times, make, ok, state_of
+from tests.breaker.conftest import Boom, Gate, Recorder, fail_times, make, moves, ok, state_of
 from tests.conftest import FakeClock
 
 R = TypeVar("R")
@@ -338,3 +338,71 @@ async def test_a_store_failing_while_a_probe_settles_frees_the_slot_here(
     snap = breaker.snapshot()
     assert (snap.state, snap.success_count) == (State.HALF_OPEN, 1)
     assert breaker._probes == 0
+
+
+# -- transitions, as the event stream records them ------------------------------------------
+
+
+async def test_each_shared_change_is_heard_with_its_reason_and_the_stores_generation(
+    clock: FakeClock, store: FakeStore
+) -> None:
+    """The process that makes a change and the one that takes it up later report the same
+    transition (from, to, reason, generation, when), which is how the history keeps it once."""
+    here, there = Recorder(), Recorder()
+    first, second = replica(clock, store, here), replica(clock, store, there)
+    await fail_times(first, 5)
+    assert moves(here) == [("closed", "open", "failure_threshold", 1)]
+    opening = here.heard[0]
+    assert opening.retry_after == 30.0
+    assert opening.at == clock.now  # on the store's clock
+    clock.advance(1)
+    await second.refresh()
+    assert there.heard == [opening]
+
+    clock.advance(30)
+    await second.refresh()  # no call needed: a refresh takes the lazy move up
+    assert moves(there)[1:] == [("open", "half_open", "timeout_elapsed", 2)]
+    for _ in range(3):
+        await second.call(ok)
+    assert moves(there)[2:] == [("half_open", "closed", "probes_succeeded", 3)]
+    await first.refresh()  # three generations on: only the latest change is heard here
+    assert moves(here) == [
+        ("closed", "open", "failure_threshold", 1),
+        ("half_open", "closed", "probes_succeeded", 3),
+    ]
+    assert not here.lock_held_during_events
+
+
+async def test_a_failed_probe_and_the_admin_actions_are_heard_with_their_reasons(
+    clock: FakeClock, store: FakeStore
+) -> None:
+    recorder = Recorder()
+    breaker = replica(clock, store, recorder, backoff=Backoff(2.0, 300.0, jitter=0.0))
+    await fail_times(breaker, 5)
+    clock.advance(30)
+    await fail_times(breaker, 1)  # the probe
+    breaker.force_open()
+    await breaker.refresh()
+    breaker.reset()
+    await breaker.refresh()
+    assert [(m[0], m[1], m[2]) for m in moves(recorder)] == [
+        ("closed", "open", "failure_threshold"),
+        ("open", "half_open", "timeout_elapsed"),
+        ("half_open", "open", "probe_failed"),
+        ("open", "open", "forced_open"),
+        ("open", "closed", "reset"),
+    ]
+    assert [t.retry_after for t in recorder.heard] == [30.0, 0.0, 60.0, 30.0, 0.0]
+    assert [t.generation for t in recorder.heard] == [1, 2, 3, 4, 5]
+
+
+async def test_a_change_decided_alone_while_the_store_is_down_is_not_heard_as_shared(
+    clock: FakeClock, store: FakeStore
+) -> None:
+    recorder = Recorder()
+    breaker = replica(clock, store, recorder)
+    await breaker.refresh()
+    store.down = True
+    await fail_times(breaker, 5)
+    assert recorder.transitions == [(State.CLOSED, State.OPEN)]
+    assert recorder.heard == []
