@@ -223,7 +223,7 @@ async def test_the_page_follows_the_breaker_through_a_trip_and_a_recovery(
         # Closed again, once the probes succeed.
         for probe in range(SUCCESS_THRESHOLD):
             assert (await api.get(f"/stock/PROBE{probe}")).status_code == 200
-        page.wait_for_state("closed", OPEN_WITHIN_SECONDS)
+        page.wait_for_state("closed", SETTLE_SECONDS)
         assert page.timeline()[:3] == [
             ("half_open", "closed"),
             ("open", "half_open"),
