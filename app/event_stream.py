@@ -4,9 +4,10 @@ One task per process, running only while someone subscribes, reads the transitio
 document of the shared store) every POLL_SECONDS, and at once when this process has written
 to it, and hands each new transition to every local subscriber: one code path for every store
 (SQLite has no pub/sub), one small read per process rather than per subscriber, and a
-transition made on any replica is streamed by every replica within a poll. The task also refreshes the breakers every REFRESH_SECONDS, so that an open
-breaker's lazy move to half-open is taken up, recorded and streamed without traffic, and sends
-a summary every `summary_seconds`.
+transition made on any replica is streamed by every replica within a poll. The task also
+refreshes the breakers every REFRESH_SECONDS, so that an open breaker's lazy move to half-open
+is taken up, recorded and streamed without traffic, and sends a summary every
+`summary_seconds`.
 
 A subscriber's queue holds its backlog (the state and the transitions it missed) and at most
 `queue_size` events more: one that does not read is then dropped (its stream ends; the client

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from app.simulator import FaultMode
 from tests.helpers import (
     SimulatorControl,
     error_detail,
@@ -47,30 +46,37 @@ async def test_a_client_streams_the_state_then_the_transitions_and_reconnects(
         async_http_client(service.url) as api,
         async_http_client(simulator.url) as control,
     ):
-        sim = SimulatorControl(control)
         async with event_stream(api) as stream:
             assert stream.headers["cache-control"] == "no-cache"
             state = await stream.next()
             assert state.event == "state"
             assert state.data["breakers"][0]["state"] == "closed"
-            await trip(api, sim)
+            await trip(api, SimulatorControl(control))
             opened = await stream.next("transition")
-            assert moves([opened.data]) == [("closed", "open", "failure_threshold")]
             assert opened.id == opened.data["id"] == 1
             assert opened.data["retry_after"] == 1.0
+            # No request comes: the stream's own refresh sees the open timeout pass.
+            half_open = await stream.next("transition")
+        assert moves([opened.data, half_open.data]) == [
+            ("closed", "open", "failure_threshold"),
+            ("open", "half_open", "timeout_elapsed"),
+        ]
 
-        await sim.set_fault(FaultMode.HEALTHY)
-        await asyncio.sleep(1.2)  # the open timeout passes while nobody listens
-        async with event_stream(api, last_event_id=opened.id) as stream:
+        # Missed while disconnected, and in the history (written just after the answer):
+        assert (await api.post("/circuit-breaker/reset", headers=ADMIN)).status_code == 200
+        for _ in range(100):
+            if len(await transition_history(api)) == 3:
+                break
+            await asyncio.sleep(0.05)
+        async with event_stream(api, last_event_id=half_open.id) as stream:
             state = await stream.next("state")
             missed = await stream.next()
             assert missed.event == "transition"  # before anything live
-            assert missed.id == 2
-            assert moves([missed.data]) == [("open", "half_open", "timeout_elapsed")]
+            assert missed.id == 3
+            assert moves([missed.data]) == [("half_open", "closed", "reset")]
 
         history = await transition_history(api)
-        assert [t["id"] for t in history] == [1, 2]
-        assert history == state.data["history"]
+        assert history == state.data["history"] == [opened.data, half_open.data, missed.data]
         assert await transition_history(api, limit=1) == history[-1:]
         for limit in (0, 201):
             error_detail(await api.get(f"/circuit-breaker/history?limit={limit}"), 422)
