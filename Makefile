@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock lock-upgrade tools wrk run test test-integration lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota bench-store bench-outage bench-consumers bench-sse clean
+.PHONY: install lock lock-upgrade tools wrk run test test-integration screenshot lint typecheck rules-check compose-config bench-breaker stress-test bench-concurrency soak bench-breaker-memory bench-quota bench-store bench-outage bench-consumers bench-sse clean
 
 # From the lock (requirements/dev.txt), not the newest releases: every checkout and CI install
 # the same versions, checked against the hashes. The project itself goes in without
@@ -28,10 +28,11 @@ lock-upgrade:
 	PYTHON=$(PYTHON) sh requirements/lock.sh --upgrade
 
 # Tests use Debian's prometheus (promtool, and a real server end to end), docker-compose
-# (to validate the compose file) and redis-server (the state store's Redis backend, against a
-# real server) for real; as root, install whichever is missing.
+# (to validate the compose file), redis-server (the state store's Redis backend, against a
+# real server) and chromium with its chromedriver (the status page in a real browser) for
+# real; as root, install whichever is missing.
 DEBIAN_TOOLS := prometheus:promtool prometheus:prometheus docker-compose:docker-compose \
-	redis-server:redis-server
+	redis-server:redis-server chromium:chromium chromium-driver:chromedriver
 tools:
 	@missing=$$(for tool in $(DEBIAN_TOOLS); do \
 		command -v $${tool#*:} >/dev/null || echo $${tool%%:*}; done | sort -u); \
@@ -53,6 +54,12 @@ test: $(STAMP) tools
 # (`make test` runs these too.)
 test-integration: $(STAMP) tools
 	$(BIN)/python -m pytest -m integration
+
+# The README's picture of the status page (docs/status-page.png): the browser test's
+# screenshot of the page with the breaker open, taken against a real service and simulator.
+screenshot: $(STAMP) tools
+	STATUS_PAGE_SCREENSHOT=docs/status-page.png $(BIN)/python -m pytest -q \
+		tests/test_status_page_browser.py::test_the_page_follows_the_breaker_through_a_trip_and_a_recovery
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -27,6 +27,7 @@ from app.routes import (
     ops,
     quotes,
     search,
+    status_page,
     stock,
     upstream,
 )
@@ -130,6 +131,7 @@ def create_app(
         breaker_events.router,
         upstream.router,
         ops.router,
+        status_page.router,
     ):
         app.include_router(router)
     get_routes = [

@@ -12,7 +12,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +177,28 @@ def test_pip_install_ships_every_package_under_app() -> None:
         '`[tool.setuptools] packages = ["app"]` by `[tool.setuptools.packages.find] '
         'include = ["app*"]`'
     )
+
+
+def test_pip_install_ships_the_status_page(tmp_path: Path) -> None:
+    """GET / serves files that are no Python module: the distribution built from what the
+    Dockerfile copies must carry them (pyproject.toml's package-data)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "app", source / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+    subprocess.run(
+        [*build, "--wheel-dir", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    page_files = {f"app/status_page/{p.name}" for p in (ROOT / "app" / "status_page").iterdir()}
+    assert page_files >= {"app/status_page/index.html", "app/status_page/status.js"}
+    assert page_files <= shipped
 
 
 def pip_commands(stage: list[Instruction]) -> list[list[str]]:
