@@ -194,7 +194,7 @@ async def passthrough(
 ) -> Answer:
     if query_length(params) > MAX_QUERY_LENGTH:
         return invalid_call(function)  # never sent upstream
-    raw, _ = await service.passthrough(params, consumer)
+    raw = (await service.passthrough(params, consumer)).value
     return Answer(raw.body.encode(), raw.media_type)
 
 
@@ -205,7 +205,7 @@ async def daily(
         return premium_full_output()
     if outputsize != "compact":
         return invalid_call(DAILY)
-    series, _ = await service.daily(symbol, consumer)
+    series = (await service.daily(symbol, consumer)).value
     if datatype == "csv":
         return csv_answer(av_format.daily_csv(series), f"daily_{symbol}.csv")
     return Answer(av_format.daily_json(series))
@@ -214,7 +214,7 @@ async def daily(
 async def quote(
     service: StockService, symbol: str, datatype: str, consumer: Consumer | None
 ) -> Answer:
-    value, _ = await service.quote(symbol, consumer)
+    value = (await service.quote(symbol, consumer)).value
     if datatype == "csv":
         return csv_answer(av_format.quote_csv(value), "global_quote.csv")
     return Answer(av_format.quote_json(value))
@@ -226,7 +226,7 @@ async def search(
     normalised = normalise_keywords(keywords)
     if normalised is None:
         return invalid_call(SEARCH)
-    found, _ = await service.search(normalised, consumer)
+    found = (await service.search(normalised, consumer)).value
     if datatype == "csv":
         return csv_answer(av_format.search_csv(found), "search.csv")
     return Answer(av_format.search_json(found))

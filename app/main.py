@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 
 from app.error_handlers import add_error_handlers
 from app.errors import StoreUnavailable
+from app.fast_path import HitFastPath
 from app.lifecycle import ReadSettingsFirst, drain_on_sigterm
 from app.logs import configure_logging
 from app.metrics import Metrics
@@ -118,6 +119,8 @@ def create_app(
     static_routes = frozenset(
         url for url in (app.openapi_url, app.docs_url, app.redoc_url) if url is not None
     )
+    # Added first, so that it runs inside RequestContextMiddleware (the last added is outermost).
+    app.add_middleware(HitFastPath)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, static_routes=static_routes)
     add_error_handlers(app)
     return app

@@ -14,6 +14,7 @@ from app.breaker import Backoff, CircuitBreaker, FailureRate, Sharing
 from app.cache import TTLCache
 from app.consumers import ConsumerLimits, ConsumerRegistry
 from app.errors import is_upstream_failure
+from app.hits import HitTable
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
 from app.passthrough import PASSTHROUGH, parse_ttls
@@ -44,6 +45,7 @@ class Resources:
     metrics: Metrics
     service: StockService
     renderer: Renderer
+    hits: HitTable  # the hit fast path's answers (app/fast_path.py)
 
 
 def upstream_connections(settings: Settings) -> int:
@@ -141,6 +143,7 @@ def build_resources(
         metrics=metrics,
         service=service,
         renderer=Renderer(),
+        hits=HitTable(),
     )
 
 

@@ -196,9 +196,9 @@ async def service(events: RecordedEvents) -> AsyncIterator[StockService]:
 async def test_a_miss_then_a_hit_report_their_events(
     service: StockService, events: RecordedEvents
 ) -> None:
-    series, source = await service.daily("IBM")
-    assert (series.symbol, source) == ("IBM", "upstream")
-    assert (await service.daily("IBM"))[1] == "cache"
+    served = await service.daily("IBM")
+    assert (served.value.symbol, served.source) == ("IBM", "upstream")
+    assert (await service.daily("IBM")).source == "cache"
     assert events.events == [
         ("cache", "TIME_SERIES_DAILY", "miss"),
         ("charged", "anonymous"),  # no consumer is configured

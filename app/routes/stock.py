@@ -4,11 +4,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from app.deps import authenticate, bearer_token, get_resources
-from app.models import DailyPrices, ErrorBody, QuoteAnswer
+from app.alphavantage import DAILY, QUOTE
+from app.consumers import Consumer
+from app.deps import get_resources, request_consumer
+from app.hits import FastHit, request_key
+from app.http_caching import cached_answer
+from app.models import DailyPrices, DailySeries, ErrorBody, Quote, QuoteAnswer
+from app.rendering import Rendered
+from app.resources import Resources
+from app.service import Served
 
 router = APIRouter(tags=["stock"])
-JSON = "application/json"
+JSON_BYTES = b"application/json"
 
 # Letters and digits in groups joined by single dots or dashes: IBM, BRK.B, RDS-A, 600104.SHH.
 SYMBOL_PATTERN = r"^[A-Za-z0-9]+(?:[.-][A-Za-z0-9]+)*$"
@@ -49,18 +56,53 @@ ERRORS: dict[int | str, dict[str, object]] = {
 
 # The hot routes answer pre-rendered JSON (app/rendering.py); response_model documents the
 # shape. They take the Request rather than a Depends(): resolving a dependency costs FastAPI
-# about 20 us, a fifth of a whole cache hit (make stress-test).
+# about 20 us, a fifth of a whole cache hit (make stress-test). A repeat of an answer from a
+# fresh hit does not reach them at all: app/fast_path.py answers it.
 @router.get("/stock/{symbol}", response_model=DailyPrices, responses=ERRORS)
 async def daily_prices(symbol: Symbol, request: Request, days: Days = 30) -> Response:
     resources = await get_resources(request)
-    consumer = await authenticate(resources, bearer_token(request))
-    series, source = await resources.service.daily(symbol.upper(), consumer)
-    return Response(resources.renderer.daily(series, days, source), media_type=JSON)
+    consumer = await request_consumer(request, resources)
+    served = await resources.service.daily(symbol.upper(), consumer)
+    rendered = resources.renderer.daily(served.value, days, served.source)
+    return answer(request, resources, DAILY, served, rendered, consumer)
 
 
 @router.get("/stock/{symbol}/quote", response_model=QuoteAnswer, responses=ERRORS)
 async def quote(symbol: Symbol, request: Request) -> Response:
     resources = await get_resources(request)
-    consumer = await authenticate(resources, bearer_token(request))
-    value, source = await resources.service.quote(symbol.upper(), consumer)
-    return Response(resources.renderer.quote(value, source), media_type=JSON)
+    consumer = await request_consumer(request, resources)
+    served = await resources.service.quote(symbol.upper(), consumer)
+    rendered = resources.renderer.quote(served.value, served.source)
+    return answer(request, resources, QUOTE, served, rendered, consumer)
+
+
+def answer(
+    request: Request,
+    resources: Resources,
+    function: str,
+    served: Served[DailySeries | Quote],
+    rendered: Rendered,
+    consumer: Consumer | None,
+) -> Response:
+    """The 200 or 304 with its caching headers; an answer from a fresh hit is remembered for
+    the fast path to repeat."""
+    if served.source == "cache":
+        hit = FastHit(
+            function,
+            served.value.symbol,
+            served.value,
+            rendered,
+            JSON_BYTES,
+            request.scope["route"],
+        )
+        resources.hits.remember(request_key(request.scope), hit)
+    status, headers, body = cached_answer(
+        served,
+        rendered,
+        JSON_BYTES,
+        private=consumer is not None,
+        if_none_match=", ".join(request.headers.getlist("if-none-match")) or None,
+    )
+    response = Response(body, status)
+    response.raw_headers = headers
+    return response
