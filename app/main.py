@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -46,11 +47,13 @@ def create_app(
     *,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     configure_logs: bool = True,
+    cache_clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """Build the app. Without `settings`, they are read from the environment at startup.
 
     `upstream_transport` replaces the network under the Alpha Vantage client (tests mount the
-    simulator there). `configure_logs=False` leaves the process's logging alone.
+    simulator there). `configure_logs=False` leaves the process's logging alone. `cache_clock`
+    is the clock of this process's cache (tests move a fake one).
     """
 
     @asynccontextmanager
@@ -75,7 +78,7 @@ def create_app(
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             transport=upstream_transport,
         ) as http:
-            app.state.resources = build_resources(resolved, http, metrics, state)
+            app.state.resources = build_resources(resolved, http, metrics, state, cache_clock)
             # Everything built so far lives as long as the process: keep it out of the garbage
             # collector's full passes, which would otherwise stall requests for milliseconds.
             gc.freeze()

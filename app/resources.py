@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -72,6 +74,7 @@ def build_resources(
     http: httpx.AsyncClient,
     metrics: Metrics,
     state: ObservedState,
+    cache_clock: Callable[[], float] = time.monotonic,
 ) -> Resources:
     if settings.breaker_scope == "function":
         names = {f: f"{BREAKER_NAME}_{f.lower()}" for f in LANE_FUNCTIONS}
@@ -108,6 +111,7 @@ def build_resources(
         ttl=settings.cache_ttl_seconds,
         stale=settings.cache_stale_seconds,
         max_entries=settings.cache_max_entries,
+        clock=cache_clock,
     )
     shared = SharedCache(
         state,

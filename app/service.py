@@ -116,9 +116,7 @@ class StockService:
         self._passthrough_ttls = dict(passthrough_ttls or {})
         self._flights: SingleFlight[Key, Served[Value]] = SingleFlight()
 
-    async def daily(
-        self, symbol: str, consumer: Consumer | None = None
-    ) -> Served[DailySeries]:
+    async def daily(self, symbol: str, consumer: Consumer | None = None) -> Served[DailySeries]:
         """The daily series; a miss's upstream call is charged to `consumer` (None: nobody,
         while no consumer is configured)."""
         return await self._get(DAILY, symbol, self._client.daily, DailySeries, consumer)

@@ -29,7 +29,7 @@ from tests.helpers import (
     scrape,
     trip,
 )
-from tests.stock_service import RecordedEvents, stock_service
+from tests.stock_service import TTL, RecordedEvents, stock_service
 
 # -- cache -----------------------------------------------------------------------------------------
 
@@ -217,3 +217,28 @@ async def test_a_call_held_back_is_reported_and_worded_for_the_client(
         "Alpha Vantage call held back: the daily quota of 1 calls is spent"
     )
     assert events.events[-2:] == [("cache", "GLOBAL_QUOTE", "miss"), ("throttled", "quota")]
+
+
+async def test_every_answer_says_how_old_and_how_fresh_it_is() -> None:
+    clock, events = FakeClock(), RecordedEvents()
+    async with stock_service(events, clock, quota=(1, DAY)) as service:
+        fetched = await service.daily("IBM")
+        assert (fetched.source, fetched.age, fetched.ttl) == ("upstream", 0, TTL)
+        clock.advance(20)
+        hit = await service.daily("IBM")
+        assert (hit.value, hit.source, hit.age, hit.ttl) == (fetched.value, "cache", 20, TTL)
+        assert hit.stale_because is None
+        assert service.fresh_copy("TIME_SERIES_DAILY", "IBM", of=hit.value) == hit
+        assert service.fresh_copy("TIME_SERIES_DAILY", "IBM", of=object()) is None
+        clock.advance(TTL)  # expired; the quota of one is spent, so the copy stands in
+        stale = await service.daily("IBM")
+        assert (stale.value, stale.source, stale.age, stale.ttl) == (
+            fetched.value,
+            "stale",
+            20 + TTL,
+            TTL,
+        )
+        assert stale.stale_because == "quota"
+        assert service.fresh_copy("TIME_SERIES_DAILY", "IBM", of=stale.value) is None
+    hits = events.events.count(("cache", "TIME_SERIES_DAILY", "hit"))
+    assert hits == 2  # the hit and the fresh copy the fast path would serve
