@@ -8,6 +8,7 @@ drift apart. Errors are never stored (`NO_STORE`, added by app/middleware.py).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -84,7 +85,13 @@ def cached_answer(
             (b"content-length", str(len(rendered.body)).encode()),
             (b"content-type", media_type),
             *headers,
-            (b"last-modified", formatdate(fetched_at, usegmt=True).encode()),
+            (b"last-modified", http_date(int(fetched_at))),
         ],
         rendered.body,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def http_date(seconds: int) -> bytes:
+    """An HTTP-date; kept, since a hot answer asks for the same second again and again."""
+    return formatdate(seconds, usegmt=True).encode()

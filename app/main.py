@@ -105,6 +105,9 @@ def create_app(
         title="stock-service",
         summary="Stock prices from Alpha Vantage behind a circuit breaker",
         lifespan=lifespan,
+        # The service reports through Prometheus (app/metrics.py), not OpenTelemetry: off, the
+        # check for OpenTelemetry providers (environment reads) leaves every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     for router in (
         stock.router,

@@ -131,8 +131,17 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def wrk(name: str, url: str, seconds: int, connections: int, script: Path | None = None) -> Result:
+def wrk(
+    name: str,
+    url: str,
+    seconds: int,
+    connections: int,
+    script: Path | None = None,
+    headers: Sequence[str] = (),
+) -> Result:
     command = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    for header in headers:
+        command += ["-H", header]
     command += ["--latency", url]
     if script is not None:
         command[-1:-1] = ["-s", str(script)]
@@ -187,7 +196,29 @@ def main() -> None:
             )
 
         results.append(
-            wrk("2 /stock/{symbol} from cache", service.url + PATH, seconds, connections)
+            wrk(
+                "2a /stock/{symbol} from cache, through the route",
+                service.url,
+                seconds,
+                connections,
+                ROOT / "bench" / "route_hits.lua",
+            )
+        )
+        httpx.get(service.url + PATH).raise_for_status()  # a hit: the fast path has it now
+        results.append(
+            wrk(
+                "2b /stock/{symbol} from cache, fast path", service.url + PATH, seconds, connections
+            )
+        )
+        etag = httpx.get(service.url + PATH).headers["etag"]
+        results.append(
+            wrk(
+                "2c /stock/{symbol} If-None-Match (304), fast path",
+                service.url + PATH,
+                seconds,
+                connections,
+                headers=[f"If-None-Match: {etag}"],
+            )
         )
         # A scrape renders every series (about 2 ms): 8 scrapers at once is already a crowd.
         results.append(wrk("5 /metrics, 8 connections", service.url + "/metrics", seconds, 8))
