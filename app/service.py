@@ -75,6 +75,7 @@ class Served(Generic[V_co]):
 
 
 def stale_reason(cause: Exception) -> str:
+    """Served.stale_because for a stale copy served instead of `cause`."""
     if isinstance(cause, CircuitOpenError):
         return "breaker_open"
     if isinstance(cause, Throttled):
