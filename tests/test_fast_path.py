@@ -5,6 +5,7 @@ in-process simulator, its cache on a fake clock."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -234,3 +235,17 @@ def test_the_key_is_the_path_the_query_and_accept() -> None:
     }
     assert request_key(scope) == ("/stock/IBM", b"days=5", b"text/csv")
     assert request_key({**scope, "headers": []}) == ("/stock/IBM", b"days=5", None)
+
+
+async def test_the_request_id_and_the_access_log_are_the_routes(
+    api: httpx.AsyncClient, route_calls: RouteCalls, caplog: pytest.LogCaptureFixture
+) -> None:
+    await api.get(PATH)
+    await api.get(PATH)
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        fast = await api.get(PATH, headers={"X-Request-ID": "fast-1"})
+    assert route_calls.count == 2
+    assert fast.headers["x-request-id"] == "fast-1"
+    [line] = [record for record in caplog.records if record.name == "app.access"]
+    assert line.getMessage() == "GET /stock/{symbol} 200"
+    assert line.__dict__["path"] == "/stock/IBM"
