@@ -88,7 +88,7 @@ wrk:
 bench-breaker: $(STAMP)
 	$(BIN)/python bench/bench_breaker.py
 
-# wrk against real uvicorn processes on 127.0.0.1: about a minute, then a table.
+# wrk against real uvicorn processes on 127.0.0.1: about three minutes, then a table.
 stress-test: $(STAMP) wrk
 	$(BIN)/python bench/stress.py
 

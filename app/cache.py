@@ -17,6 +17,8 @@ V = TypeVar("V")
 class Hit(Generic[V]):
     value: V
     fresh: bool  # younger than the TTL; otherwise only fit to serve while upstream fails
+    age: float  # seconds since it was fetched
+    ttl: float  # seconds it is fresh for from its fetch: fresh for ttl - age more
 
 
 class TTLCache(Generic[K, V]):
@@ -51,16 +53,19 @@ class TTLCache(Generic[K, V]):
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        return Hit(value, age < ttl)
+        return Hit(value, age < ttl, age, ttl)
 
-    def put(self, key: K, value: V, age: float = 0.0, ttl: float | None = None) -> None:
+    def put(self, key: K, value: V, age: float = 0.0, ttl: float | None = None) -> Hit[V]:
         """Keep `value`, fetched `age` seconds ago (elsewhere, when it comes from the shared
         tier): it is fresh for what is left of its TTL, not a whole one. `ttl` overrides the
-        cache's own for this entry (pass-through functions each have theirs)."""
-        self._entries[key] = (value, self._clock() - age, self._ttl if ttl is None else ttl)
+        cache's own for this entry (pass-through functions each have theirs). Returns the
+        entry as a `get` now would."""
+        fresh_for = self._ttl if ttl is None else ttl
+        self._entries[key] = (value, self._clock() - age, fresh_for)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+        return Hit(value, age < fresh_for, age, fresh_for)
 
 
 class SingleFlight(Generic[K, V]):

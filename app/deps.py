@@ -4,6 +4,7 @@ from, and the admin check."""
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -30,7 +31,12 @@ _bearer = HTTPBearer(auto_error=False)
 
 def bearer_token(request: Request) -> str | None:
     """The token of an `Authorization: Bearer <token>` header, if there is one."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token_of(request.headers.get("authorization", ""))
+
+
+def token_of(authorization: str) -> str | None:
+    """The token of an Authorization header's value `Bearer <token>`, if it is one."""
+    scheme, _, token = authorization.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
@@ -47,6 +53,27 @@ async def authenticate(resources: Resources, token: str | None) -> Consumer | No
             resources.metrics.count_consumer_throttled(consumer.name, exc.reason)
             raise
     return consumer
+
+
+# Where the hit fast path (app/fast_path.py) leaves its `authenticate` outcome when it hands
+# a request on to the route: an Authenticated, or the error it raised.
+AUTHENTICATED = "stock_service.authenticated"
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    consumer: Consumer | None
+
+
+async def request_consumer(request: Request, resources: Resources) -> Consumer | None:
+    """`authenticate` with the request's bearer token, once a request: the hit fast path
+    may have done it already, and a consumer's request must count once against its rate."""
+    outcome = request.scope.get(AUTHENTICATED)
+    if isinstance(outcome, Authenticated):
+        return outcome.consumer
+    if isinstance(outcome, Exception):
+        raise outcome
+    return await authenticate(resources, bearer_token(request))
 
 
 async def get_consumer(request: Request) -> Consumer | None:

@@ -32,7 +32,7 @@ from app.errors import (
 )
 from app.passthrough import FUNCTION_NAME, MAX_QUERY_LENGTH, query_length
 from app.routes.stock import SYMBOL_PATTERN
-from app.service import StockService
+from app.service import Served, StockService
 from app.settings import ALL_FUNCTIONS
 
 JSON = JSON_MEDIA_TYPE
@@ -68,6 +68,9 @@ class Answer:
     media_type: str = JSON
     status_code: int = 200
     headers: Mapping[str, str] = field(default_factory=dict)
+    # What the data came from, for the answer's caching headers (app/http_caching.py); None
+    # for the service's own messages, which are never stored.
+    served: Served[object] | None = None
 
 
 def error_message(message: str) -> Answer:
@@ -107,8 +110,9 @@ def premium_full_output() -> Answer:
     )
 
 
-def csv_answer(body: bytes, filename: str) -> Answer:
-    return Answer(body, CSV, headers={"Content-Disposition": f"attachment; filename={filename}"})
+def csv_answer(body: bytes, filename: str, served: Served[object]) -> Answer:
+    disposition = {"Content-Disposition": f"attachment; filename={filename}"}
+    return Answer(body, CSV, headers=disposition, served=served)
 
 
 def normalise_keywords(keywords: str) -> str | None:
@@ -194,8 +198,8 @@ async def passthrough(
 ) -> Answer:
     if query_length(params) > MAX_QUERY_LENGTH:
         return invalid_call(function)  # never sent upstream
-    raw, _ = await service.passthrough(params, consumer)
-    return Answer(raw.body.encode(), raw.media_type)
+    served = await service.passthrough(params, consumer)
+    return Answer(served.value.body.encode(), served.value.media_type, served=served)
 
 
 async def daily(
@@ -205,19 +209,19 @@ async def daily(
         return premium_full_output()
     if outputsize != "compact":
         return invalid_call(DAILY)
-    series, _ = await service.daily(symbol, consumer)
+    served = await service.daily(symbol, consumer)
     if datatype == "csv":
-        return csv_answer(av_format.daily_csv(series), f"daily_{symbol}.csv")
-    return Answer(av_format.daily_json(series))
+        return csv_answer(av_format.daily_csv(served.value), f"daily_{symbol}.csv", served)
+    return Answer(av_format.daily_json(served.value), served=served)
 
 
 async def quote(
     service: StockService, symbol: str, datatype: str, consumer: Consumer | None
 ) -> Answer:
-    value, _ = await service.quote(symbol, consumer)
+    served = await service.quote(symbol, consumer)
     if datatype == "csv":
-        return csv_answer(av_format.quote_csv(value), "global_quote.csv")
-    return Answer(av_format.quote_json(value))
+        return csv_answer(av_format.quote_csv(served.value), "global_quote.csv", served)
+    return Answer(av_format.quote_json(served.value), served=served)
 
 
 async def search(
@@ -226,7 +230,7 @@ async def search(
     normalised = normalise_keywords(keywords)
     if normalised is None:
         return invalid_call(SEARCH)
-    found, _ = await service.search(normalised, consumer)
+    served = await service.search(normalised, consumer)
     if datatype == "csv":
-        return csv_answer(av_format.search_csv(found), "search.csv")
-    return Answer(av_format.search_json(found))
+        return csv_answer(av_format.search_csv(served.value), "search.csv", served)
+    return Answer(av_format.search_json(served.value), served=served)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from fastapi.routing import APIRoute
 
 from app.error_handlers import add_error_handlers
 from app.errors import StoreUnavailable
+from app.fast_path import HitFastPath
 from app.lifecycle import ReadSettingsFirst, drain_on_sigterm
 from app.logs import configure_logging
 from app.metrics import Metrics
@@ -56,11 +58,13 @@ def create_app(
     *,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     configure_logs: bool = True,
+    cache_clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """Build the app. Without `settings`, they are read from the environment at startup.
 
     `upstream_transport` replaces the network under the Alpha Vantage client (tests mount the
-    simulator there). `configure_logs=False` leaves the process's logging alone.
+    simulator there). `configure_logs=False` leaves the process's logging alone. `cache_clock`
+    is the clock of this process's cache (tests move a fake one).
     """
 
     @asynccontextmanager
@@ -85,7 +89,7 @@ def create_app(
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             transport=upstream_transport,
         ) as http:
-            app.state.resources = build_resources(resolved, http, metrics, state)
+            app.state.resources = build_resources(resolved, http, metrics, state, cache_clock)
             # Everything built so far lives as long as the process: keep it out of the garbage
             # collector's full passes, which would otherwise stall requests for milliseconds.
             gc.freeze()
@@ -120,6 +124,9 @@ def create_app(
         title="stock-service",
         summary="Stock prices from Alpha Vantage behind a circuit breaker",
         lifespan=lifespan,
+        # The service reports through Prometheus (app/metrics.py), not OpenTelemetry: off, the
+        # check for OpenTelemetry providers (environment reads) leaves every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     for router in (
         stock.router,
@@ -141,6 +148,8 @@ def create_app(
     static_routes = frozenset(
         url for url in (app.openapi_url, app.docs_url, app.redoc_url) if url is not None
     )
+    # Added first, so that it runs inside RequestContextMiddleware (the last added is outermost).
+    app.add_middleware(HitFastPath)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, static_routes=static_routes)
     add_error_handlers(app)
     return app

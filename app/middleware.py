@@ -1,5 +1,6 @@
-"""Request id, access log, HTTP metrics and the last-resort 500, as plain ASGI middleware
-(cheaper than BaseHTTPMiddleware, and it never buffers a response)."""
+"""Request id, access log, HTTP metrics, `Cache-Control: no-store` on every error and the
+last-resort 500, as plain ASGI middleware (cheaper than BaseHTTPMiddleware, and it never
+buffers a response)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import time
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.http_caching import NO_STORE
 from app.logs import log_request, request_id
 from app.metrics import UNMATCHED_ROUTE, Metrics
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = b"x-request-id"
+CACHE_CONTROL = b"cache-control"
 # A caller's request id is echoed only if it is short and plain; anything else is replaced.
 _USABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Generated ids: 32 hex digits, a random per-process prefix and a counter. Unique is all a
@@ -54,7 +57,10 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = [*message.get("headers", ()), header]
+                if status >= 400 and not any(name == CACHE_CONTROL for name, _ in headers):
+                    headers.append((CACHE_CONTROL, NO_STORE))  # an error is never reused
+                message["headers"] = headers
             await send(message)
 
         try:

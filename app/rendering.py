@@ -1,14 +1,18 @@
 """JSON and CSV answers, rendered once per cached value and reused while that value lives.
 
 Validating and serialising a 30-day answer costs more than everything else a cache hit does,
-so the bytes are kept: keyed by what was asked (symbol, days, source) and valid only for the
-very value they were rendered from, so a refreshed series is never answered with old bytes.
+so the bytes are kept, with their entity tag: keyed by what was asked (symbol, days, source)
+and valid only for the very value they were rendered from, so a refreshed series is never
+answered with old bytes.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from app.av_format import csv_body
@@ -85,12 +89,25 @@ def quotes_csv(results: Iterable[QuoteResult]) -> bytes:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    body: bytes
+    etag: str  # a strong entity tag of `body`, quoted: '"<16 characters>"'
+
+
+def entity_tag(body: bytes) -> str:
+    """A strong entity tag for `body`: 96 bits of BLAKE2b, which no two bodies share by
+    chance, in 16 URL-safe characters."""
+    digest = hashlib.blake2b(body, digest_size=12).digest()
+    return f'"{base64.urlsafe_b64encode(digest).decode()}"'
+
+
 class Renderer:
     def __init__(self, max_entries: int = RENDERED_ANSWERS) -> None:
         self._max_entries = max_entries
-        self._rendered: OrderedDict[Hashable, tuple[object, bytes]] = OrderedDict()
+        self._rendered: OrderedDict[Hashable, tuple[object, Rendered]] = OrderedDict()
 
-    def daily(self, series: DailySeries, days: int, source: Source) -> bytes:
+    def daily(self, series: DailySeries, days: int, source: Source) -> Rendered:
         return self._memo(
             ("daily", series.symbol, days, source),
             series,
@@ -103,21 +120,21 @@ class Renderer:
             ).model_dump_json(),
         )
 
-    def daily_csv(self, series: DailySeries, days: int) -> bytes:
+    def daily_csv(self, series: DailySeries, days: int) -> Rendered:
         return self._memo(
             ("daily.csv", series.symbol, days),
             series,
             lambda: csv_rows(DAILY_CSV_HEADER, series.prices[:days]),
         )
 
-    def quote_csv(self, quote: Quote, source: Source) -> bytes:
+    def quote_csv(self, quote: Quote, source: Source) -> Rendered:
         return self._memo(
             ("quote.csv", quote.symbol, source),
             quote,
             lambda: csv_rows(QUOTE_CSV_HEADER, [(*dict(quote).values(), source)]),
         )
 
-    def search(self, found: SymbolMatches, source: Source) -> bytes:
+    def search(self, found: SymbolMatches, source: Source) -> Rendered:
         return self._memo(
             ("search", found.keywords, source),
             found,
@@ -126,22 +143,23 @@ class Renderer:
             ).model_dump_json(),
         )
 
-    def quote(self, quote: Quote, source: Source) -> bytes:
+    def quote(self, quote: Quote, source: Source) -> Rendered:
         return self._memo(
             ("quote", quote.symbol, source),
             quote,
             lambda: QuoteAnswer(**dict(quote), source=source).model_dump_json(),
         )
 
-    def _memo(self, key: Hashable, value: object, render: Callable[[], str | bytes]) -> bytes:
+    def _memo(self, key: Hashable, value: object, render: Callable[[], str | bytes]) -> Rendered:
         entry = self._rendered.get(key)
         if entry is not None and entry[0] is value:
             self._rendered.move_to_end(key)
             return entry[1]
-        rendered = render()
-        body = rendered.encode() if isinstance(rendered, str) else rendered
-        self._rendered[key] = (value, body)
+        text = render()
+        body = text.encode() if isinstance(text, str) else text
+        rendered = Rendered(body, entity_tag(body))
+        self._rendered[key] = (value, rendered)
         self._rendered.move_to_end(key)
         while len(self._rendered) > self._max_entries:
             self._rendered.popitem(last=False)
-        return body
+        return rendered

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -17,6 +18,7 @@ from app.cache import TTLCache
 from app.consumers import ConsumerLimits, ConsumerRegistry
 from app.errors import is_upstream_failure
 from app.event_stream import CallCounts, EventHub
+from app.hits import HitTable
 from app.limits import DAY, Bulkhead, UpstreamLimits
 from app.metrics import Metrics
 from app.passthrough import PASSTHROUGH, parse_ttls
@@ -54,6 +56,7 @@ class Resources:
     transitions: TransitionLog  # GET /circuit-breaker/history
     recorder: TransitionRecorder  # writes the breakers' transitions to it
     events: EventHub  # GET /circuit-breaker/events
+    hits: HitTable  # the hit fast path's answers (app/fast_path.py)
 
 
 def upstream_connections(settings: Settings) -> int:
@@ -80,6 +83,7 @@ def build_resources(
     http: httpx.AsyncClient,
     metrics: Metrics,
     state: ObservedState,
+    cache_clock: Callable[[], float] = time.monotonic,
 ) -> Resources:
     if settings.breaker_scope == "function":
         names = {f: f"{BREAKER_NAME}_{f.lower()}" for f in LANE_FUNCTIONS}
@@ -123,6 +127,7 @@ def build_resources(
         ttl=settings.cache_ttl_seconds,
         stale=settings.cache_stale_seconds,
         max_entries=settings.cache_max_entries,
+        clock=cache_clock,
     )
     shared = SharedCache(
         state,
@@ -172,6 +177,7 @@ def build_resources(
             summary_seconds=settings.events_summary_seconds,
             heartbeat_seconds=settings.events_heartbeat_seconds,
         ),
+        hits=HitTable(),
     )
 
 

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 from app.alphavantage import (
     BULK_MAX_SYMBOLS,
@@ -56,12 +56,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T", DailySeries, Quote, SymbolMatches, RawAnswer)
 R = TypeVar("R")  # what an upstream call returns
 Value = DailySeries | Quote | SymbolMatches | RawAnswer
+V_co = TypeVar("V_co", covariant=True)
 # (function, symbol), (SYMBOL_SEARCH, normalised keywords), or (PASSTHROUGH, canonical query)
 Key = tuple[str, str]
 # What a stale copy may stand in for: failures, throttles and rejections, not bad questions.
 FAILURES = (UpstreamFailure, RateLimited, CircuitOpenError, Throttled)
-# A symbol's part of quotes(): its quote and where it came from, or why there is none.
-QuoteOutcome = tuple[Quote, Source] | UpstreamError | CircuitOpenError
 # Listings change seldom: a search stays fresh a day, whatever CACHE_TTL_SECONDS says.
 SEARCH_TTL = 86400.0
 
@@ -83,6 +82,32 @@ class ServiceEvents(Protocol):
 
     def count_consumer_throttled(self, consumer: str, reason: str) -> None:
         """A consumer held to its limits: "consumer_budget" or "consumer_rate"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Served(Generic[V_co]):
+    """An answer and what HTTP caching needs to know of it (app/http_caching.py)."""
+
+    value: V_co
+    source: Source
+    age: float  # seconds since it was fetched upstream, by this process's or the store's clock
+    ttl: float  # seconds it is fresh for from that fetch: fresh for ttl - age more (< 0: stale)
+    # Why a stale copy stands in for an upstream answer: the breaker ("breaker_open"), the
+    # reason the call was held back (errors.THROTTLE_REASONS), or the failure's outcome.
+    stale_because: str | None = None
+
+
+# A symbol's part of quotes(): its quote as served, or why there is none.
+QuoteOutcome = Served[Quote] | UpstreamError | CircuitOpenError
+
+
+def stale_reason(cause: Exception) -> str:
+    """Served.stale_because for a stale copy served instead of `cause`."""
+    if isinstance(cause, CircuitOpenError):
+        return "breaker_open"
+    if isinstance(cause, Throttled):
+        return cause.reason
+    return cause.outcome if isinstance(cause, UpstreamError) else "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +145,14 @@ class StockService:
         self._consumer_limits = consumer_limits
         self._passthrough_ttls = dict(passthrough_ttls or {})
         self._bulk_quotes = bulk_quotes
-        self._flights: SingleFlight[Key, tuple[Value, Source]] = SingleFlight()
+        self._flights: SingleFlight[Key, Served[Value]] = SingleFlight()
 
-    async def daily(
-        self, symbol: str, consumer: Consumer | None = None
-    ) -> tuple[DailySeries, Source]:
+    async def daily(self, symbol: str, consumer: Consumer | None = None) -> Served[DailySeries]:
         """The daily series; a miss's upstream call is charged to `consumer` (None: nobody,
         while no consumer is configured)."""
         return await self._get(DAILY, symbol, self._client.daily, DailySeries, consumer)
 
-    async def quote(self, symbol: str, consumer: Consumer | None = None) -> tuple[Quote, Source]:
+    async def quote(self, symbol: str, consumer: Consumer | None = None) -> Served[Quote]:
         """The quote; charged as daily() is."""
         return await self._get(QUOTE, symbol, self._client.quote, Quote, consumer)
 
@@ -160,7 +183,7 @@ class StockService:
 
     async def search(
         self, keywords: str, consumer: Consumer | None = None
-    ) -> tuple[SymbolMatches, Source]:
+    ) -> Served[SymbolMatches]:
         """Listings matching `keywords`, which the caller normalises (normalise_keywords): one
         cache entry and one flight for every way of writing them, fresh for SEARCH_TTL.
         Charged as daily() is."""
@@ -168,7 +191,7 @@ class StockService:
 
     async def passthrough(
         self, params: Mapping[str, str], consumer: Consumer | None = None
-    ) -> tuple[RawAnswer, Source]:
+    ) -> Served[RawAnswer]:
         """Alpha Vantage's answer to `params` (its `function` one the service has no model of),
         apikey aside: one cache entry and one flight for every order of the same parameters,
         fresh for the function's own TTL. Charged as daily() is."""
@@ -177,6 +200,16 @@ class StockService:
         return await self._get(
             PASSTHROUGH, canonical, lambda _: self._client.raw(query), RawAnswer, consumer
         )
+
+    def fresh_copy(self, function: str, symbol: str, of: object) -> Served[Value] | None:
+        """This process's fresh copy if it is still `of` (the very value an answer was
+        rendered from): what daily() and the others would answer at once, counted as their
+        hit is. None, and nothing counted, when they would answer anything else."""
+        hit = self._cache.get((function, symbol))
+        if hit is None or not hit.fresh or hit.value is not of:
+            return None
+        self._events.count_cache(function, "hit")
+        return Served(hit.value, "cache", hit.age, hit.ttl)
 
     async def aclose(self) -> None:
         await self._flights.aclose()
@@ -188,12 +221,12 @@ class StockService:
         fetch: Callable[[str], Awaitable[T]],
         kind: type[T],
         consumer: Consumer | None,
-    ) -> tuple[T, Source]:
+    ) -> Served[T]:
         key = (function, symbol)
         hit = self._cache.get(key)
         if hit is not None and hit.fresh:
             self._events.count_cache(function, "hit")
-            return self._of_kind(kind, hit.value), "cache"
+            return self._of_kind(kind, Served(hit.value, "cache", hit.age, hit.ttl))
         self._events.count_cache(function, "miss")
         lane = self._lanes[function]
 
@@ -209,30 +242,30 @@ class StockService:
                     await self._consumer_limits.check(consumer)
                 except ConsumerThrottled as exc:
                     self._count_held_back(exc, consumer)
-                    value, source = await self._shared_copy_or_raise(key, kind, exc)
-                    return self._of_kind(kind, value), source
-            value, source = await self._flights.run(key, lambda: self._fetch(key, call, kind))
+                    served = await self._shared_copy_or_raise(key, kind, exc)
+                    return self._of_kind(kind, served)
+            served = await self._flights.run(key, lambda: self._fetch(key, call, kind))
         except FAILURES as exc:
             if hit is not None:
-                value, source = self._stale(key, hit.value, exc)
+                served = self._stale(key, hit.value, hit.age, hit.ttl, exc)
             elif isinstance(exc, ConsumerThrottled):
                 raise  # wherever it came from, the shared tier was looked in on the way
             else:
                 # No copy here, but another process may have one: an open breaker is
                 # checked before the flight, which is where the shared tier is read.
-                value, source = await self._shared_copy_or_raise(key, kind, exc)
-        return self._of_kind(kind, value), source
+                served = await self._shared_copy_or_raise(key, kind, exc)
+        return self._of_kind(kind, served)
 
     async def _shared_copy_or_raise(
         self, key: Key, kind: type[T], error: Exception
-    ) -> tuple[Value, Source]:
+    ) -> Served[Value]:
         """What may still be had without a call: the shared tier's copy, fresh or stale;
         else `error`."""
         shared = await self._shared.get(":".join(key))
         if shared is not None and shared.fresh:
             value = kind.model_validate(shared.value)
-            self._cache.put(key, value, age=shared.age, ttl=self._ttl(key))
-            return value, "cache"
+            kept = self._cache.put(key, value, age=shared.age, ttl=self._ttl(key))
+            return Served(value, "cache", kept.age, kept.ttl)
         return self._stale_or_raise(key, kind, shared, error)
 
     async def _fetch(
@@ -241,7 +274,7 @@ class StockService:
         call: Callable[[], Awaitable[T]],
         kind: type[T],
         waiting: Callable[[], None] | None = None,
-    ) -> tuple[Value, Source]:
+    ) -> Served[Value]:
         """One process's flight for `key`: the shared tier's fresh copy if there is one, the
         result of another process's flight if one is under way, else `call()` holding the
         lease. `waiting()` is told when it starts waiting for another process's flight."""
@@ -266,8 +299,8 @@ class StockService:
                 )
                 return self._stale_or_raise(key, kind, shared, error)
         value = kind.model_validate(shared.value)
-        self._cache.put(key, value, age=shared.age, ttl=self._ttl(key))
-        return value, "cache"
+        kept = self._cache.put(key, value, age=shared.age, ttl=self._ttl(key))
+        return Served(value, "cache", kept.age, kept.ttl)
 
     async def _fetch_holding_the_lease(
         self,
@@ -276,14 +309,14 @@ class StockService:
         call: Callable[[], Awaitable[T]],
         kind: type[T],
         shared: SharedHit | None,
-    ) -> tuple[Value, Source]:
+    ) -> Served[Value]:
         landed = await self._shared.get(name)
         if landed is not None and landed.fresh:
             # Another process's flight landed between our look and our lease: use it.
             await self._shared.release(name)
             value = kind.model_validate(landed.value)
-            self._cache.put(key, value, age=landed.age, ttl=self._ttl(key))
-            return value, "cache"
+            kept = self._cache.put(key, value, age=landed.age, ttl=self._ttl(key))
+            return Served(value, "cache", kept.age, kept.ttl)
         try:
             value = await call()
         except FAILURES as exc:
@@ -292,11 +325,11 @@ class StockService:
         except BaseException:
             await self._shared.release(name)
             raise
-        self._cache.put(key, value, ttl=self._ttl(key))
+        kept = self._cache.put(key, value, ttl=self._ttl(key))
         # Put before the lease goes: a waiter that sees no lease and no value fetches again.
         await self._shared.put(name, value.model_dump(mode="json"), ttl=self._ttl(key))
         await self._shared.release(name)
-        return value, "upstream"
+        return Served(value, "upstream", kept.age, kept.ttl)
 
     async def _call(
         self,
@@ -330,20 +363,23 @@ class StockService:
 
     def _stale_or_raise(
         self, key: Key, kind: type[T], shared: SharedHit | None, error: Exception
-    ) -> tuple[Value, Source]:
+    ) -> Served[Value]:
         """The shared tier's expired copy instead of `error`, if it has one."""
         if shared is None:
             raise error
-        return self._stale(key, kind.model_validate(shared.value), error)
+        value = kind.model_validate(shared.value)
+        return self._stale(key, value, shared.age, shared.ttl, error)
 
-    def _stale(self, key: Key, value: Value, cause: Exception) -> tuple[Value, Source]:
+    def _stale(
+        self, key: Key, value: Value, age: float, ttl: float, cause: Exception
+    ) -> Served[Value]:
         function, symbol = key
         self._events.count_cache(function, "stale")
         logger.info(
             "serving a stale copy",
             extra={"function": function, "symbol": symbol, "cause": type(cause).__name__},
         )
-        return value, "stale"
+        return Served(value, "stale", age, ttl, stale_reason(cause))
 
     async def _call_upstream(
         self, key: Key, fetch: Callable[[str], Awaitable[R]], consumer: Consumer | None
@@ -423,7 +459,7 @@ class StockService:
             self._flights.flight(key, functools.partial(self._bulk_member, key, batch))
         return {symbol for _, symbol in misses}
 
-    async def _bulk_member(self, key: Key, batch: Batch[str, Quote]) -> tuple[Value, Source]:
+    async def _bulk_member(self, key: Key, batch: Batch[str, Quote]) -> Served[Value]:
         """A flight whose call is its part of `batch`'s call."""
         symbol = key[1]
 
@@ -443,8 +479,8 @@ class StockService:
         return hit is not None and hit.fresh
 
     @staticmethod
-    def _of_kind(kind: type[T], value: Value) -> T:
-        # One cache holds both kinds; the function in the key decides which one a value is.
-        if not isinstance(value, kind):
-            raise TypeError(f"cached {type(value).__name__} where {kind.__name__} belongs")
-        return value
+    def _of_kind(kind: type[T], served: Served[Value]) -> Served[T]:
+        # One cache holds every kind; the function in the key decides which one a value is.
+        if not isinstance(served.value, kind):
+            raise TypeError(f"cached {type(served.value).__name__} where {kind.__name__} belongs")
+        return cast(Served[T], served)

@@ -38,6 +38,7 @@ class SharedHit:
     value: dict[str, Any]
     age: float  # seconds since it was fetched, by the store's clock
     fresh: bool
+    ttl: float  # seconds it is fresh for from its fetch
 
 
 class SharedCache:
@@ -71,7 +72,7 @@ class SharedCache:
             age = max(0.0, now - document["fetched_at"])
             # Documents written before TTLs were per value hold none: the tier's own applies.
             ttl = document.get("ttl", self._ttl)
-            return document, SharedHit(document["value"], age, age < ttl)
+            return document, SharedHit(document["value"], age, age < ttl, ttl)
 
         return await self._quietly(self._key("value", key), read, None)
 

@@ -139,7 +139,7 @@ async def run(config: Config, seconds: int, replicas: int) -> tuple[int, Counter
 
     async def ask(service: StockService, symbol: str) -> None:
         try:
-            _, source = await service.daily(symbol)
+            source = (await service.daily(symbol)).source
         except (UpstreamError, CircuitOpenError):
             answers["503"] += 1
         else:

@@ -15,13 +15,13 @@ def make(clock: FakeClock, max_entries: int = 10) -> TTLCache[str, int]:
 def test_entries_are_fresh_then_stale_then_gone() -> None:
     clock = FakeClock()
     cache = make(clock)
-    cache.put("a", 1)
-    assert cache.get("a") == Hit(1, fresh=True)
+    assert cache.put("a", 1) == Hit(1, fresh=True, age=0, ttl=10)
+    assert cache.get("a") == Hit(1, fresh=True, age=0, ttl=10)
     clock.advance(10)
-    assert cache.get("a") == Hit(1, fresh=False)
-    clock.advance(99.9)
-    assert cache.get("a") == Hit(1, fresh=False)
-    clock.advance(0.1)
+    assert cache.get("a") == Hit(1, fresh=False, age=10, ttl=10)
+    clock.advance(99.5)
+    assert cache.get("a") == Hit(1, fresh=False, age=109.5, ttl=10)
+    clock.advance(0.5)
     assert cache.get("a") is None
     assert len(cache) == 0
 
@@ -32,7 +32,7 @@ def test_put_refreshes_an_entry() -> None:
     cache.put("a", 1)
     clock.advance(50)
     cache.put("a", 2)
-    assert cache.get("a") == Hit(2, fresh=True)
+    assert cache.get("a") == Hit(2, fresh=True, age=0, ttl=10)
 
 
 def test_a_put_can_give_its_entry_its_own_ttl() -> None:
@@ -42,24 +42,24 @@ def test_a_put_can_give_its_entry_its_own_ttl() -> None:
     cache.put("long", 2, ttl=60)
     cache.put("default", 3)
     clock.advance(2)
-    assert cache.get("short") == Hit(1, fresh=False)
-    assert cache.get("long") == Hit(2, fresh=True)
-    assert cache.get("default") == Hit(3, fresh=True)
+    assert cache.get("short") == Hit(1, fresh=False, age=2, ttl=2)
+    assert cache.get("long") == Hit(2, fresh=True, age=2, ttl=60)
+    assert cache.get("default") == Hit(3, fresh=True, age=2, ttl=10)
     clock.advance(8)
-    assert cache.get("default") == Hit(3, fresh=False)
-    assert cache.get("long") == Hit(2, fresh=True)
+    assert cache.get("default") == Hit(3, fresh=False, age=10, ttl=10)
+    assert cache.get("long") == Hit(2, fresh=True, age=10, ttl=60)
     clock.advance(92)  # 102 s: past the short entry's 2 + 100, within the long one's 60 + 100
     assert cache.get("short") is None
-    assert cache.get("long") == Hit(2, fresh=False)
+    assert cache.get("long") == Hit(2, fresh=False, age=102, ttl=60)
 
 
 def test_an_entry_from_elsewhere_keeps_its_own_ttl_less_its_age() -> None:
     clock = FakeClock()
     cache = make(clock)
-    cache.put("a", 1, age=50, ttl=60)
-    assert cache.get("a") == Hit(1, fresh=True)
+    assert cache.put("a", 1, age=50, ttl=60) == Hit(1, fresh=True, age=50, ttl=60)
+    assert cache.get("a") == Hit(1, fresh=True, age=50, ttl=60)
     clock.advance(10)
-    assert cache.get("a") == Hit(1, fresh=False)
+    assert cache.get("a") == Hit(1, fresh=False, age=60, ttl=60)
 
 
 def test_least_recently_used_entry_goes_first() -> None:

@@ -72,14 +72,17 @@ def upstream_calls(events: RecordedEvents, function: str) -> int:
 async def test_a_function_keeps_its_answers_for_its_own_ttl(
     service: StockService, events: RecordedEvents, clock: FakeClock
 ) -> None:
-    first, source = await service.passthrough(INTRADAY)
-    assert source == "upstream"
-    assert (await service.daily("IBM"))[1] == "upstream"
+    served = await service.passthrough(INTRADAY)
+    assert (served.source, served.ttl) == ("upstream", 5)
+    assert (await service.daily("IBM")).source == "upstream"
     clock.advance(4.9)
-    assert await service.passthrough(INTRADAY) == (first, "cache")
+    again = await service.passthrough(INTRADAY)
+    assert (again.value, again.source) == (served.value, "cache")
+    assert again.age == pytest.approx(4.9)
     clock.advance(0.1)  # 5 s: TIME_SERIES_INTRADAY's TTL is over, the daily series' is not
-    assert await service.passthrough(INTRADAY) == (first, "upstream")
-    assert (await service.daily("IBM"))[1] == "cache"
+    refetched = await service.passthrough(INTRADAY)
+    assert (refetched.value, refetched.source) == (served.value, "upstream")
+    assert (await service.daily("IBM")).source == "cache"
     assert upstream_calls(events, PASSTHROUGH) == 2
     assert upstream_calls(events, "TIME_SERIES_DAILY") == 1
 
@@ -88,8 +91,9 @@ async def test_a_function_keeps_its_answers_for_its_own_ttl(
 async def test_a_function_without_a_ttl_of_its_own_gets_the_caches(
     service: StockService, events: RecordedEvents, clock: FakeClock
 ) -> None:
-    first, _ = await service.passthrough(INTRADAY)
+    first = (await service.passthrough(INTRADAY)).value
     clock.advance(59.9)
-    assert await service.passthrough(INTRADAY) == (first, "cache")
+    again = await service.passthrough(INTRADAY)
+    assert (again.value, again.source, again.ttl) == (first, "cache", 60)
     clock.advance(0.1)
-    assert (await service.passthrough(INTRADAY))[1] == "upstream"
+    assert (await service.passthrough(INTRADAY)).source == "upstream"

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import pytest
 
 from app.models import Bar, DailySeries, Quote
-from app.rendering import Renderer, negotiate
+from app.rendering import Renderer, entity_tag, negotiate
 
 
 def series(close: float) -> DailySeries:
@@ -20,7 +21,7 @@ def series(close: float) -> DailySeries:
 
 
 def test_daily_answer_has_the_contract_shape() -> None:
-    body = json.loads(Renderer().daily(series(1.5), 2, "cache"))
+    body = json.loads(Renderer().daily(series(1.5), 2, "cache").body)
     assert body == {
         "symbol": "IBM",
         "last_refreshed": "2026-11-26",
@@ -52,15 +53,18 @@ def test_the_same_value_is_rendered_once() -> None:
     value = series(1.5)
     first = renderer.daily(value, 3, "cache")
     assert renderer.daily(value, 3, "cache") is first
-    assert renderer.daily(value, 3, "stale") is not first
+    stale = renderer.daily(value, 3, "stale")
+    assert stale is not first
+    assert stale.etag != first.etag  # another body, another tag
 
 
 def test_a_refreshed_value_is_rendered_anew() -> None:
     renderer = Renderer()
     old = renderer.daily(series(1.5), 3, "cache")
     new = renderer.daily(series(9.5), 3, "cache")
-    assert json.loads(old)["prices"][0]["close"] == 1.5
-    assert json.loads(new)["prices"][0]["close"] == 9.5
+    assert json.loads(old.body)["prices"][0]["close"] == 1.5
+    assert json.loads(new.body)["prices"][0]["close"] == 9.5
+    assert old.etag != new.etag
 
 
 def test_the_memo_is_bounded() -> None:
@@ -84,7 +88,7 @@ def test_quote_answer_carries_its_source() -> None:
         change=0.0,
         change_percent=0.0,
     )
-    body = json.loads(Renderer().quote(quote, "stale"))
+    body = json.loads(Renderer().quote(quote, "stale").body)
     assert body["source"] == "stale"
     assert body["change_percent"] == 0.0
     assert body["latest_trading_day"] == "2026-11-26"
@@ -94,7 +98,7 @@ def test_csv_is_rendered_once_per_value_and_days() -> None:
     renderer = Renderer()
     value = series(1.5)
     body = renderer.daily_csv(value, 2)
-    assert body == (
+    assert body.body == (
         b"date,open,high,low,close,volume\r\n"
         b"2026-11-26,1.0,2.0,0.5,1.5,100\r\n"
         b"2026-11-25,1.0,2.0,0.5,1.5,101\r\n"
@@ -121,3 +125,10 @@ def test_csv_is_rendered_once_per_value_and_days() -> None:
 )
 def test_negotiate_follows_the_q_values(accept: str | None, chosen: str) -> None:
     assert negotiate(accept) == chosen
+
+
+def test_the_entity_tag_is_strong_and_names_the_bytes() -> None:
+    rendered = Renderer().daily(series(1.5), 2, "cache")
+    assert rendered.etag == entity_tag(rendered.body)
+    assert re.fullmatch(r'"[A-Za-z0-9_-]{16}"', rendered.etag)  # quoted, no W/ prefix
+    assert entity_tag(rendered.body + b" ") != rendered.etag

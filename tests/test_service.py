@@ -12,7 +12,7 @@ import pytest
 
 from app.errors import Throttled, UnknownSymbol
 from app.limits import DAY
-from app.service import SEARCH_TTL, StockService
+from app.service import SEARCH_TTL, Served, StockService
 from app.settings import Settings
 from app.simulator import FaultMode
 from app.state import MemoryState
@@ -197,9 +197,9 @@ async def service(events: RecordedEvents) -> AsyncIterator[StockService]:
 async def test_a_miss_then_a_hit_report_their_events(
     service: StockService, events: RecordedEvents
 ) -> None:
-    series, source = await service.daily("IBM")
-    assert (series.symbol, source) == ("IBM", "upstream")
-    assert (await service.daily("IBM"))[1] == "cache"
+    served = await service.daily("IBM")
+    assert (served.value.symbol, served.source) == ("IBM", "upstream")
+    assert (await service.daily("IBM")).source == "cache"
     assert events.events == [
         ("cache", "TIME_SERIES_DAILY", "miss"),
         ("charged", "anonymous"),  # no consumer is configured
@@ -223,11 +223,11 @@ async def test_a_call_held_back_is_reported_and_worded_for_the_client(
 async def test_a_search_stays_fresh_a_day(events: RecordedEvents) -> None:
     clock = FakeClock()
     async with stock_service(events, clock) as service:
-        assert (await service.search("tesco"))[1] == "upstream"
+        assert (await service.search("tesco")).source == "upstream"
         clock.advance(TTL * 10)  # long past the caches' own TTL
-        assert (await service.search("tesco"))[1] == "cache"
+        assert (await service.search("tesco")).source == "cache"
         clock.advance(SEARCH_TTL)
-        assert (await service.search("tesco"))[1] == "upstream"
+        assert (await service.search("tesco")).source == "upstream"
 
 
 async def test_bulk_quotes_make_one_call_counted_and_charged_once(events: RecordedEvents) -> None:
@@ -236,13 +236,13 @@ async def test_bulk_quotes_make_one_call_counted_and_charged_once(events: Record
         assert isinstance(found["ZZNOPE"], UnknownSymbol)
         for symbol in ("IBM", "MSFT"):
             outcome = found[symbol]
-            assert isinstance(outcome, tuple)
-            assert outcome[1] == "upstream"
+            assert isinstance(outcome, Served)
+            assert outcome.source == "upstream"
         assert sorted(events.events) == sorted(
             [("cache", "GLOBAL_QUOTE", "miss")] * 3
             + [("charged", "anonymous"), ("upstream", "REALTIME_BULK_QUOTES", "success")]
         )
-        assert (await service.quote("MSFT"))[1] == "cache"  # within the quota of one
+        assert (await service.quote("MSFT")).source == "cache"  # within the quota of one
 
 
 async def test_a_bulk_call_does_not_wait_for_a_symbol_another_process_is_fetching(
@@ -259,12 +259,39 @@ async def test_a_bulk_call_does_not_wait_for_a_symbol_another_process_is_fetchin
         while ("upstream", "REALTIME_BULK_QUOTES", "success") not in events.events:
             assert not asked.done()
             await asyncio.sleep(0.01)  # the bulk call for XXX goes out while YYY is leased
-        landed = (await service.quote("XXX"))[0].model_copy(update={"symbol": "YYY"})
+        landed = (await service.quote("XXX")).value.model_copy(update={"symbol": "YYY"})
         await other_process.put("GLOBAL_QUOTE:YYY", landed.model_dump(mode="json"))
         await other_process.release("GLOBAL_QUOTE:YYY")
         found = await asyncio.wait_for(asked, timeout=5)
-    sources = [outcome[1] if isinstance(outcome, tuple) else outcome for outcome in found.values()]
+    sources = [
+        outcome.source if isinstance(outcome, Served) else outcome for outcome in found.values()
+    ]
     assert sources == ["upstream", "cache"]
     assert [e for e in events.events if e[0] == "upstream"] == [
         ("upstream", "REALTIME_BULK_QUOTES", "success")
     ]
+
+
+async def test_every_answer_says_how_old_and_how_fresh_it_is() -> None:
+    clock, events = FakeClock(), RecordedEvents()
+    async with stock_service(events, clock, quota=(1, DAY)) as service:
+        fetched = await service.daily("IBM")
+        assert (fetched.source, fetched.age, fetched.ttl) == ("upstream", 0, TTL)
+        clock.advance(20)
+        hit = await service.daily("IBM")
+        assert (hit.value, hit.source, hit.age, hit.ttl) == (fetched.value, "cache", 20, TTL)
+        assert hit.stale_because is None
+        assert service.fresh_copy("TIME_SERIES_DAILY", "IBM", of=hit.value) == hit
+        assert service.fresh_copy("TIME_SERIES_DAILY", "IBM", of=object()) is None
+        clock.advance(TTL)  # expired; the quota of one is spent, so the copy stands in
+        stale = await service.daily("IBM")
+        assert (stale.value, stale.source, stale.age, stale.ttl) == (
+            fetched.value,
+            "stale",
+            20 + TTL,
+            TTL,
+        )
+        assert stale.stale_because == "quota"
+        assert service.fresh_copy("TIME_SERIES_DAILY", "IBM", of=stale.value) is None
+    hits = events.events.count(("cache", "TIME_SERIES_DAILY", "hit"))
+    assert hits == 2  # the hit and the fresh copy the fast path would serve

@@ -21,9 +21,9 @@ async def test_a_put_can_give_its_value_its_own_ttl() -> None:
     clock.advance(2)
     short, default = await shared.get("short"), await shared.get("default")
     assert short is not None
-    assert not short.fresh
+    assert (short.fresh, short.age, short.ttl) == (False, 2, 2)
     assert default is not None
-    assert default.fresh
+    assert (default.fresh, default.age, default.ttl) == (True, 2, 10)
     clock.advance(100)  # 102 s: past the short value's 2 + 100 kept, within the default's 110
     assert await shared.get("short") is None
     assert await shared.get("default") is not None
@@ -40,7 +40,7 @@ async def test_a_document_without_a_ttl_gets_the_tiers_own() -> None:
     clock.advance(9)
     hit = await shared.get("old")
     assert hit is not None
-    assert hit.fresh
+    assert (hit.fresh, hit.ttl) == (True, 10)
     clock.advance(1)
     hit = await shared.get("old")
     assert hit is not None

@@ -7,6 +7,8 @@ from fastapi import APIRouter, Request, Response
 from app import gateway
 from app.deps import authenticate, bearer_token, get_resources
 from app.errors import Throttled, Unauthorized
+from app.http_caching import cached_answer
+from app.rendering import Rendered, entity_tag
 
 router = APIRouter(tags=["gateway"])
 
@@ -29,6 +31,7 @@ async def query(request: Request) -> Response:
     # The consumer token as Alpha Vantage clients send their key, or as a bearer token. It
     # goes no further: the service sends its own key upstream.
     token = request.query_params.get("apikey") or bearer_token(request)
+    consumer = None
     try:
         consumer = await authenticate(resources, token)
     except Unauthorized:
@@ -42,6 +45,18 @@ async def query(request: Request) -> Response:
             request.query_params,
             consumer,
         )
-    return Response(
-        answer.body, answer.status_code, dict(answer.headers), media_type=answer.media_type
+    if answer.served is None:
+        # The service's own messages, Error Message answers with a 200 among them.
+        headers = {**answer.headers, "Cache-Control": "no-store"}
+        return Response(answer.body, answer.status_code, headers, media_type=answer.media_type)
+    status, caching, body = cached_answer(
+        answer.served,
+        Rendered(answer.body, entity_tag(answer.body)),  # rendered for each request
+        [(b"content-type", answer.media_type.encode())],
+        private=consumer is not None,
+        if_none_match=", ".join(request.headers.getlist("if-none-match")) or None,
     )
+    response = Response(body, status)
+    extra = answer.headers.items() if status == 200 else ()  # Content-Disposition
+    response.raw_headers = [*caching, *((k.lower().encode(), v.encode()) for k, v in extra)]
+    return response

@@ -22,7 +22,7 @@ from app.routes.stock import (
     FormatParam,
     csv_response,
 )
-from app.service import QuoteOutcome
+from app.service import QuoteOutcome, Served
 
 router = APIRouter(tags=["stock"])
 SYMBOL = re.compile(SYMBOL_PATTERN)
@@ -56,8 +56,8 @@ def parse_symbols(symbols: str) -> list[str]:
 
 
 def result(symbol: str, outcome: QuoteOutcome) -> QuoteResult:
-    if isinstance(outcome, tuple):
-        quote, source = outcome
+    if isinstance(outcome, Served):
+        quote, source = outcome.value, outcome.source
         return QuoteResult(
             symbol=symbol, status=200, quote=QuoteAnswer(**dict(quote), source=source)
         )

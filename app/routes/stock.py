@@ -4,9 +4,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from app.deps import authenticate, bearer_token, get_resources
-from app.models import DailyPrices, ErrorBody, QuoteAnswer
-from app.rendering import CSV, JSON, Format, negotiate
+from app.alphavantage import DAILY, QUOTE
+from app.consumers import Consumer
+from app.deps import get_resources, request_consumer
+from app.hits import FastHit, request_key
+from app.http_caching import Headers, cached_answer
+from app.models import DailyPrices, DailySeries, ErrorBody, Quote, QuoteAnswer
+from app.rendering import CSV, JSON, Format, Rendered, negotiate
+from app.resources import Resources
+from app.service import Served
 
 router = APIRouter(tags=["stock"])
 
@@ -33,6 +39,8 @@ FormatParam = Annotated[
 ]
 # The same URL answers JSON or CSV by Accept: caches must keep them apart.
 VARY = {"Vary": "Accept"}
+VARY_ACCEPT = (b"vary", b"Accept")
+JSON_HEADERS: Headers = [(b"content-type", JSON.encode()), VARY_ACCEPT]
 # Shown in the OpenAPI docs beside the JSON model.
 CSV_CONTENT: dict[int | str, dict[str, object]] = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}}}}
@@ -62,19 +70,23 @@ ERRORS: dict[int | str, dict[str, object]] = {
 
 # The hot routes answer pre-rendered JSON (app/rendering.py); response_model documents the
 # shape. They take the Request rather than a Depends(): resolving a dependency costs FastAPI
-# about 20 us, a fifth of a whole cache hit (make stress-test).
+# about 20 us, a fifth of a whole cache hit (make stress-test). A repeat of an answer from a
+# fresh hit does not reach them at all: app/fast_path.py answers it.
 @router.get("/stock/{symbol}", response_model=DailyPrices, responses={**ERRORS, **CSV_CONTENT})
 async def daily_prices(
     symbol: Symbol, request: Request, days: Days = 30, format: FormatParam = None
 ) -> Response:
     resources = await get_resources(request)
-    consumer = await authenticate(resources, bearer_token(request))
-    series, source = await resources.service.daily(symbol.upper(), consumer)
+    consumer = await request_consumer(request, resources)
+    served = await resources.service.daily(symbol.upper(), consumer)
+    series = served.value
     if (format or negotiate(request.headers.get("accept"))) == "csv":
-        body = resources.renderer.daily_csv(series, days)
-        return csv_response(body, f"{series.symbol}.csv")
-    body = resources.renderer.daily(series, days, source)
-    return Response(body, media_type=JSON, headers=VARY)
+        rendered = resources.renderer.daily_csv(series, days)
+        representation = csv_headers(f"{series.symbol}.csv")
+    else:
+        rendered = resources.renderer.daily(series, days, served.source)
+        representation = JSON_HEADERS
+    return answer(request, resources, DAILY, served, rendered, representation, consumer)
 
 
 @router.get(
@@ -82,18 +94,63 @@ async def daily_prices(
 )
 async def quote(symbol: Symbol, request: Request, format: FormatParam = None) -> Response:
     resources = await get_resources(request)
-    consumer = await authenticate(resources, bearer_token(request))
-    value, source = await resources.service.quote(symbol.upper(), consumer)
+    consumer = await request_consumer(request, resources)
+    served = await resources.service.quote(symbol.upper(), consumer)
+    value = served.value
     if (format or negotiate(request.headers.get("accept"))) == "csv":
-        return csv_response(
-            resources.renderer.quote_csv(value, source), f"{value.symbol}-quote.csv"
-        )
-    return Response(resources.renderer.quote(value, source), media_type=JSON, headers=VARY)
+        rendered = resources.renderer.quote_csv(value, served.source)
+        representation = csv_headers(f"{value.symbol}-quote.csv")
+    else:
+        rendered = resources.renderer.quote(value, served.source)
+        representation = JSON_HEADERS
+    return answer(request, resources, QUOTE, served, rendered, representation, consumer)
+
+
+def csv_headers(filename: str) -> Headers:
+    # inline: shown where a browser can, saved under this name where it cannot (curl -OJ).
+    # Symbols are letters, digits, '.' and '-': nothing in the name needs escaping.
+    return [
+        (b"content-type", CSV.encode()),
+        (b"content-disposition", f'inline; filename="{filename}"'.encode()),
+        VARY_ACCEPT,
+    ]
 
 
 def csv_response(body: bytes, filename: str) -> Response:
-    # inline: shown where a browser can, saved under this name where it cannot (curl -OJ).
-    # Symbols are letters, digits, '.' and '-': nothing in the name needs escaping.
-    disposition = f'inline; filename="{filename}"'
-    headers = {"Content-Disposition": disposition, **VARY}
-    return Response(body, media_type=CSV, headers=headers)
+    """A CSV answer that is not cached as a whole (GET /quotes')."""
+    response = Response(body)
+    response.raw_headers = [(b"content-length", str(len(body)).encode()), *csv_headers(filename)]
+    return response
+
+
+def answer(
+    request: Request,
+    resources: Resources,
+    function: str,
+    served: Served[DailySeries | Quote],
+    rendered: Rendered,
+    representation: Headers,
+    consumer: Consumer | None,
+) -> Response:
+    """The 200 or 304 with its caching headers; an answer from a fresh hit is remembered for
+    the fast path to repeat."""
+    if served.source == "cache":
+        hit = FastHit(
+            function,
+            served.value.symbol,
+            served.value,
+            rendered,
+            representation,
+            request.scope["route"],
+        )
+        resources.hits.remember(request_key(request.scope), hit)
+    status, headers, body = cached_answer(
+        served,
+        rendered,
+        representation,
+        private=consumer is not None,
+        if_none_match=", ".join(request.headers.getlist("if-none-match")) or None,
+    )
+    response = Response(body, status)
+    response.raw_headers = headers
+    return response

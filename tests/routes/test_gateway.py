@@ -169,6 +169,41 @@ class TestCsv:
         assert "Invalid API call" in error_message(await api.get(url))
 
 
+class TestHttpCaching:
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"function": "TIME_SERIES_DAILY", "symbol": "IBM"},
+            {"function": "GLOBAL_QUOTE", "symbol": "IBM", "datatype": "csv"},
+            {"function": "SYMBOL_SEARCH", "keywords": "tesco"},
+            INTRADAY,
+        ],
+    )
+    async def test_data_carries_the_stock_routes_caching_headers(
+        self, api: httpx.AsyncClient, params: dict[str, str]
+    ) -> None:
+        # Each function's own TTL: the numbers are not this test's business.
+        miss = await api.get(query(**params))
+        assert re.fullmatch(
+            r"stock-service; fwd=miss; stored; ttl=\d+", miss.headers["cache-status"]
+        )
+        hit = await api.get(query(**params))
+        assert re.fullmatch(r"stock-service; hit; ttl=\d+", hit.headers["cache-status"])
+        assert re.fullmatch(r"public, max-age=\d+", hit.headers["cache-control"])
+        assert hit.headers["age"] == "0"
+        assert hit.headers["etag"] == miss.headers["etag"]  # the same bytes: no source here
+        assert "last-modified" in hit.headers
+        again = await api.get(query(**params), headers={"If-None-Match": hit.headers["etag"]})
+        assert (again.status_code, again.content) == (304, b"")
+        assert "content-disposition" not in again.headers
+
+    async def test_messages_are_never_stored(self, api: httpx.AsyncClient) -> None:
+        unknown = await api.get(query(function="TIME_SERIES_DAILY", symbol="ZZNONE"))
+        assert "Invalid API call" in error_message(unknown)
+        assert unknown.headers["cache-control"] == "no-store"
+        assert "etag" not in unknown.headers
+
+
 class TestSymbolSearch:
     async def test_answers_alpha_vantages_best_matches(self, api: httpx.AsyncClient) -> None:
         body = av_json(await api.get(query(function="SYMBOL_SEARCH", keywords="tesco")))

@@ -1,19 +1,35 @@
 """GET /stock/{symbol} and GET /stock/{symbol}/quote (app/routes/stock.py): what they answer,
-and which symbols and days they take, against the in-process simulator."""
+which symbols and days they take, and their caching headers, against the in-process
+simulator."""
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
 import io
+import time
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from app.main import create_app
-from tests.conftest import make_settings, serve
-from tests.helpers import ENDPOINTS, SimulatorControl, assert_prices, error_detail, is_number
+from app.rendering import entity_tag
+from app.resources import Resources
+from app.settings import Settings
+from app.simulator import FaultMode
+from tests.conftest import ADMIN, FakeClock, make_settings, serve
+from tests.helpers import (
+    ENDPOINTS,
+    SimulatorControl,
+    assert_prices,
+    error_detail,
+    is_number,
+    trip,
+)
 
 QUOTE_FIELDS = {
     "symbol",
@@ -279,3 +295,118 @@ class TestCsv:
     async def test_errors_stay_json(self, api: httpx.AsyncClient) -> None:
         response = await api.get("/stock/ZZNOPE", params={"format": "csv"})
         assert error_detail(response, 404) == "unknown symbol: ZZNOPE"
+
+
+# -- HTTP caching (app/http_caching.py) ------------------------------------------------------------
+
+
+class TestHttpCaching:
+    """Every 200 says how old and how fresh it is; the cache runs on a fake clock."""
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def app(self, settings: Settings, simulator: Starlette, clock: FakeClock) -> FastAPI:
+        transport = httpx.ASGITransport(app=simulator)
+        return create_app(
+            settings, upstream_transport=transport, configure_logs=False, cache_clock=clock
+        )
+
+    @ENDPOINTS
+    async def test_a_miss_then_a_hit_say_how_old_and_how_fresh_they_are(
+        self, api: httpx.AsyncClient, clock: FakeClock, endpoint: str
+    ) -> None:
+        miss = await api.get(endpoint.format("IBM"))
+        assert miss.headers["cache-status"] == "stock-service; fwd=miss; stored; ttl=300"
+        assert miss.headers["cache-control"] == "public, max-age=300"
+        assert miss.headers["age"] == "0"
+        clock.advance(120.5)
+        hit = await api.get(endpoint.format("IBM"))
+        assert hit.headers["cache-status"] == "stock-service; hit; ttl=179"
+        assert hit.headers["cache-control"] == "public, max-age=300"
+        assert hit.headers["age"] == "120"
+        # When it was fetched: now, less its age (the cache's clock moved, the wall's did not).
+        for response, age in ((miss, 0), (hit, 120.5)):
+            fetched = parsedate_to_datetime(response.headers["last-modified"]).timestamp()
+            assert abs(fetched - (time.time() - age)) <= 2
+        # Another body (its source), another strong tag; the tag names the bytes.
+        assert miss.headers["etag"] != hit.headers["etag"]
+        assert hit.headers["etag"] == entity_tag(hit.content)
+
+    async def test_a_stale_copy_says_so_with_negative_freshness_and_why(
+        self, api: httpx.AsyncClient, clock: FakeClock
+    ) -> None:
+        await api.get("/stock/IBM/quote")
+        clock.advance(340)
+        assert (await api.post("/circuit-breaker/open", headers=ADMIN)).status_code == 200
+        stale = await api.get("/stock/IBM/quote")
+        assert stale.json()["source"] == "stale"
+        assert stale.headers["cache-status"] == "stock-service; hit; ttl=-40; detail=breaker_open"
+        assert stale.headers["cache-control"] == "public, max-age=0, must-revalidate"
+        assert stale.headers["age"] == "340"
+
+    @pytest.mark.parametrize(
+        ("mode", "detail"), [("down", "bad_response"), ("rate_limited", "rate_limited")]
+    )
+    async def test_a_stale_copy_names_the_failure_it_stands_in_for(
+        self, sim: SimulatorControl, simulator: Starlette, mode: str, detail: str
+    ) -> None:
+        # Expired at once in both tiers, so the failed call's fallback is the shared copy.
+        app = create_app(
+            make_settings(cache_ttl_seconds=0),
+            upstream_transport=httpx.ASGITransport(app=simulator),
+            configure_logs=False,
+        )
+        async with serve(app) as api:
+            await api.get("/stock/IBM")
+            await sim.set_fault(FaultMode(mode))
+            stale = await api.get("/stock/IBM")
+        assert stale.json()["source"] == "stale"
+        name, hit, ttl, why = stale.headers["cache-status"].split("; ")
+        assert (name, hit, why) == ("stock-service", "hit", f"detail={detail}")
+        assert int(ttl.removeprefix("ttl=")) < 0
+
+    async def test_if_none_match_gets_304_with_no_body(self, api: httpx.AsyncClient) -> None:
+        await api.get("/stock/IBM")
+        hit = await api.get("/stock/IBM")
+        for header in (hit.headers["etag"], f'W/"x", W/{hit.headers["etag"]}', "*"):
+            response = await api.get("/stock/IBM?days=30", headers={"If-None-Match": header})
+            assert response.status_code == 304
+            assert response.content == b""
+            assert "content-type" not in response.headers
+            for name in ("etag", "cache-control", "age", "cache-status"):
+                assert response.headers[name] == hit.headers[name], name
+        changed = await api.get(
+            "/stock/IBM?days=29", headers={"If-None-Match": hit.headers["etag"]}
+        )
+        assert changed.status_code == 200
+
+    async def test_answers_are_private_once_consumers_exist(
+        self, app: FastAPI, api: httpx.AsyncClient
+    ) -> None:
+        assert (await api.get("/stock/IBM")).headers["cache-control"].startswith("public, ")
+        resources: Resources = app.state.resources
+        token = await resources.consumers.add("alice", None, None)
+        answer = await api.get("/stock/IBM", headers={"Authorization": f"Bearer {token}"})
+        assert answer.headers["cache-control"] == "private, max-age=300"
+
+    @pytest.mark.parametrize(
+        ("path", "status"), [("/stock/A..B", 422), ("/stock/ZZZZ", 404), ("/nowhere", 404)]
+    )
+    async def test_errors_are_never_stored(
+        self, api: httpx.AsyncClient, path: str, status: int
+    ) -> None:
+        response = await api.get(path)
+        assert response.status_code == status
+        assert response.headers["cache-control"] == "no-store"
+        assert "etag" not in response.headers
+
+    async def test_a_503_is_never_stored(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        await trip(api, sim)
+        response = await api.get("/stock/NEVER")
+        error_detail(response, 503)
+        assert response.headers["cache-control"] == "no-store"
