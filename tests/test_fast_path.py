@@ -113,6 +113,31 @@ async def test_the_exact_path_and_query_and_accept_are_the_key(
     assert route_calls.count == 6
 
 
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        (PATH, {"Accept": "text/csv"}),
+        (f"{PATH}&format=csv", {}),
+        ("/stock/IBM/quote?format=csv", {}),
+    ],
+)
+async def test_a_csv_answer_is_repeated_as_csv(
+    api: httpx.AsyncClient, route_calls: RouteCalls, path: str, headers: dict[str, str]
+) -> None:
+    await api.get(path, headers=headers)
+    by_route = await api.get(path, headers=headers)
+    fast = await api.get(path, headers=headers)
+    assert route_calls.count == 2
+    assert fast.content == by_route.content
+    assert stable(fast) == stable(by_route)
+    assert fast.headers["content-type"] == "text/csv; charset=utf-8"
+    assert fast.headers["content-disposition"].startswith('inline; filename="IBM')
+    assert fast.headers["vary"] == "Accept"
+    assert fast.text.startswith(("date,open,", "symbol,"))
+    json_answer = await api.get(PATH)  # the same URL without Accept: JSON, by the route
+    assert json_answer.headers["content-type"] == "application/json"
+
+
 async def test_if_none_match_gets_304_from_the_fast_path_as_from_the_route(
     api: httpx.AsyncClient, route_calls: RouteCalls
 ) -> None:
