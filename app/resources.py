@@ -14,7 +14,9 @@ from app.breaker import Backoff, CircuitBreaker, FailureRate, Sharing
 from app.cache import TTLCache
 from app.consumers import ConsumerLimits, ConsumerRegistry
 from app.errors import is_upstream_failure
+from app.freshness import MarketFreshness
 from app.limits import DAY, Bulkhead, UpstreamLimits
+from app.market_hours import MarketHours
 from app.metrics import Metrics
 from app.passthrough import PASSTHROUGH, parse_ttls
 from app.rendering import Renderer
@@ -119,6 +121,7 @@ def build_resources(
         + 12 * settings.state_timeout_seconds,
     )
     consumer_limits = ConsumerLimits(state)
+    hours = MarketHours()  # no calendar is built, nor the library imported, before first use
     service = StockService(
         client,
         lanes,
@@ -128,6 +131,7 @@ def build_resources(
         metrics,
         consumer_limits,
         passthrough_ttls=parse_ttls(settings.gateway_passthrough_ttls),
+        freshness=freshness_policy(settings, hours),
     )
     return Resources(
         settings=settings,
@@ -141,6 +145,15 @@ def build_resources(
         metrics=metrics,
         service=service,
         renderer=Renderer(),
+    )
+
+
+def freshness_policy(settings: Settings, hours: MarketHours) -> MarketFreshness | None:
+    """CACHE_FRESHNESS's policy; None for `fixed`, which leaves every TTL to the caches."""
+    if settings.cache_freshness == "fixed":
+        return None
+    return MarketFreshness(
+        hours, settle=settings.freshness_settle_seconds, plan=settings.alphavantage_plan
     )
 
 

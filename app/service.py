@@ -26,6 +26,7 @@ from app.breaker import CircuitBreaker, CircuitOpenError
 from app.cache import SingleFlight, TTLCache
 from app.consumers import ANONYMOUS, Consumer, ConsumerLimits
 from app.errors import ConsumerThrottled, RateLimited, Throttled, UpstreamError, UpstreamFailure
+from app.freshness import Freshness
 from app.limits import Bulkhead, UpstreamLimits
 from app.models import DailySeries, Quote, RawAnswer, Source, SymbolMatches
 from app.passthrough import PASSTHROUGH, canonical_query, function_of, upstream_params
@@ -81,9 +82,11 @@ class StockService:
         events: ServiceEvents,
         consumer_limits: ConsumerLimits,
         passthrough_ttls: Mapping[str, float] | None = None,
+        freshness: Freshness | None = None,
     ) -> None:
         """`passthrough_ttls`: seconds a pass-through function's answers stay fresh, by
-        function; the caches' own TTL for the others."""
+        function; `freshness` decides it for the others (app/freshness.py); None, or its
+        None: the caches' own TTL."""
         self._client = client
         self._lanes = lanes
         self._limits = limits
@@ -92,6 +95,7 @@ class StockService:
         self._events = events
         self._consumer_limits = consumer_limits
         self._passthrough_ttls = dict(passthrough_ttls or {})
+        self._freshness = freshness
         self._flights: SingleFlight[Key, tuple[Value, Source]] = SingleFlight()
 
     async def daily(
@@ -175,7 +179,7 @@ class StockService:
         shared = await self._shared.get(":".join(key))
         if shared is not None and shared.fresh:
             value = kind.model_validate(shared.value)
-            self._cache.put(key, value, age=shared.age, ttl=self._ttl(key))
+            self._cache.put(key, value, age=shared.age, ttl=self._ttl(key, shared.age))
             return value, "cache"
         return self._stale_or_raise(key, kind, shared, error)
 
@@ -210,7 +214,7 @@ class StockService:
                 )
                 return self._stale_or_raise(key, kind, shared, error)
         value = kind.model_validate(shared.value)
-        self._cache.put(key, value, age=shared.age, ttl=self._ttl(key))
+        self._cache.put(key, value, age=shared.age, ttl=self._ttl(key, shared.age))
         return value, "cache"
 
     async def _fetch_holding_the_lease(
@@ -228,7 +232,7 @@ class StockService:
             # Another process's flight landed between our look and our lease: use it.
             await self._shared.release(name)
             value = kind.model_validate(landed.value)
-            self._cache.put(key, value, age=landed.age, ttl=self._ttl(key))
+            self._cache.put(key, value, age=landed.age, ttl=self._ttl(key, landed.age))
             return value, "cache"
         try:
             value = await self._call(key, lane, fetch, consumer)
@@ -238,9 +242,10 @@ class StockService:
         except BaseException:
             await self._shared.release(name)
             raise
-        self._cache.put(key, value, ttl=self._ttl(key))
+        ttl = self._ttl(key)
+        self._cache.put(key, value, ttl=ttl)
         # Put before the lease goes: a waiter that sees no lease and no value fetches again.
-        await self._shared.put(name, value.model_dump(mode="json"), ttl=self._ttl(key))
+        await self._shared.put(name, value.model_dump(mode="json"), ttl=ttl)
         await self._shared.release(name)
         return value, "upstream"
 
@@ -259,12 +264,13 @@ class StockService:
             detail = f"Alpha Vantage call held back: {exc.detail}"
             raise type(exc)(detail, exc.reason, exc.retry_after) from None
 
-    def _ttl(self, key: Key) -> float | None:
-        """A pass-through function's own TTL, if it has one; None: the caches' own."""
+    def _ttl(self, key: Key, age: float = 0.0) -> float | None:
+        """Seconds an entry for `key`, fetched `age` seconds ago, is fresh from its fetch: a
+        pass-through function's own TTL, or the freshness policy's; None: the caches' own."""
         function, query = key
-        if function != PASSTHROUGH:
-            return None
-        return self._passthrough_ttls.get(function_of(query))
+        if function == PASSTHROUGH:
+            return self._passthrough_ttls.get(function_of(query))
+        return None if self._freshness is None else self._freshness.fresh_for(function, query, age)
 
     def _count_held_back(self, exc: Throttled, consumer: Consumer | None) -> None:
         self._events.count_throttled(exc.reason)

@@ -15,6 +15,7 @@ from app.breaker import CircuitBreaker
 from app.cache import TTLCache
 from app.consumers import ConsumerLimits
 from app.errors import is_upstream_failure
+from app.freshness import Freshness
 from app.limits import Bulkhead, UpstreamLimits
 from app.passthrough import PASSTHROUGH
 from app.service import Key, Lane, StockService, Value
@@ -53,6 +54,7 @@ async def stock_service(
     *,
     quota: tuple[int, float] | None = None,
     passthrough_ttls: Mapping[str, float] | None = None,
+    freshness: Freshness | None = None,
 ) -> AsyncIterator[StockService]:
     """One lane for every function, one memory store read on `clock`, no pacing."""
     transport = httpx.ASGITransport(app=create_simulator())
@@ -74,6 +76,7 @@ async def stock_service(
             events,
             ConsumerLimits(state),
             passthrough_ttls=passthrough_ttls,
+            freshness=freshness,
         )
         try:
             yield service
