@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -75,6 +77,8 @@ def create_app(
             transport=upstream_transport,
         ) as http:
             app.state.resources = build_resources(resolved, http, metrics, state)
+            watchlist = app.state.resources.watchlist
+            refreshing = None if watchlist is None else asyncio.create_task(watchlist.run())
             # Everything built so far lives as long as the process: keep it out of the garbage
             # collector's full passes, which would otherwise stall requests for milliseconds.
             gc.freeze()
@@ -94,6 +98,10 @@ def create_app(
             finally:
                 app.state.ready = False
                 restore_sigterm()
+                if refreshing is not None:
+                    refreshing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await refreshing
                 await app.state.resources.service.aclose()
                 await state.aclose()
 

@@ -24,6 +24,7 @@ from app.service import Key, Lane, StockService, Value
 from app.settings import Settings
 from app.shared_cache import SharedCache
 from app.state import ObservedState
+from app.watchlist import Watchlist
 
 BREAKER_NAME = "alphavantage"  # the shared breaker; with BREAKER_SCOPE=function, a prefix
 # What the service's lanes are keyed by: each built-in function, and the gateway's pass-through
@@ -46,6 +47,7 @@ class Resources:
     metrics: Metrics
     service: StockService
     renderer: Renderer
+    watchlist: Watchlist | None  # None: no WATCHLIST; its rounds run in the app's lifespan
 
 
 def upstream_connections(settings: Settings) -> int:
@@ -109,16 +111,19 @@ def build_resources(
         stale=settings.cache_stale_seconds,
         max_entries=settings.cache_max_entries,
     )
+    # A holder that dies blocks the key no longer than its call could take: the waits for a
+    # slot and a turn, the call, and the dozen store operations around it.
+    call_lease = (
+        settings.upstream_timeout_seconds
+        + settings.upstream_max_wait_seconds
+        + 12 * settings.state_timeout_seconds
+    )
     shared = SharedCache(
         state,
         namespace=key,
         ttl=settings.cache_ttl_seconds,
         stale=settings.cache_stale_seconds,
-        # A holder that dies blocks the key no longer than its call could take: the waits
-        # for a slot and a turn, the call, and the dozen store operations around it.
-        lease_seconds=settings.upstream_timeout_seconds
-        + settings.upstream_max_wait_seconds
-        + 12 * settings.state_timeout_seconds,
+        lease_seconds=call_lease,
     )
     consumer_limits = ConsumerLimits(state)
     hours = MarketHours()  # no calendar is built, nor the library imported, before first use
@@ -133,6 +138,21 @@ def build_resources(
         passthrough_ttls=parse_ttls(settings.gateway_passthrough_ttls),
         freshness=freshness_policy(settings, hours),
     )
+    watchlist = None
+    if settings.watchlist:
+        watchlist = Watchlist(
+            settings.watchlist.split(","),
+            service,
+            limits,
+            state,
+            key=key,
+            next_bar=MarketFreshness(
+                hours, settle=settings.freshness_settle_seconds, plan=settings.alphavantage_plan
+            ).next_bar,
+            reserve=settings.watchlist_reserve,
+            plan=settings.alphavantage_plan,
+            lease_seconds=2 * call_lease,  # a symbol's refresh: its series and its quote
+        )
     return Resources(
         settings=settings,
         http=http,
@@ -145,6 +165,7 @@ def build_resources(
         metrics=metrics,
         service=service,
         renderer=Renderer(),
+        watchlist=watchlist,
     )
 
 

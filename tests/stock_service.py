@@ -55,15 +55,17 @@ async def stock_service(
     quota: tuple[int, float] | None = None,
     passthrough_ttls: Mapping[str, float] | None = None,
     freshness: Freshness | None = None,
+    state: MemoryState | None = None,
 ) -> AsyncIterator[StockService]:
-    """One lane for every function, one memory store read on `clock`, no pacing."""
+    """One lane for every function, one memory store read on `clock` (`state`, if given),
+    no pacing; its quota is kept under the key "k"."""
     transport = httpx.ASGITransport(app=create_simulator())
     async with httpx.AsyncClient(transport=transport) as http:
         client = AlphaVantageClient(
             http, api_key=SecretStr("k"), base_url="http://simulator/query", timeout=5
         )
         lane = Lane(CircuitBreaker("test", is_failure=is_upstream_failure), Bulkhead("test", 4))
-        state = MemoryState(clock)
+        state = MemoryState(clock) if state is None else state
         limits = UpstreamLimits(state, key="k", pacing=None, quota=quota, max_wait=0, clock=clock)
         cache: TTLCache[Key, Value] = TTLCache(ttl=TTL, stale=STALE, max_entries=100, clock=clock)
         shared = SharedCache(state, namespace="k", ttl=TTL, stale=STALE, lease_seconds=5)

@@ -6,7 +6,7 @@ import time
 from fastapi import APIRouter
 
 from app.deps import ResourcesDep
-from app.errors import Throttled
+from app.errors import StoreUnavailable, Throttled
 from app.limits import LimitsStatus
 from app.models import (
     BulkheadStatus,
@@ -14,8 +14,11 @@ from app.models import (
     QuotaStatus,
     StateStoreStatus,
     UpstreamStatus,
+    WatchedSymbolStatus,
+    WatchlistStatus,
 )
 from app.state import describe
+from app.watchlist import Watchlist
 
 router = APIRouter(tags=["upstream"])
 
@@ -26,10 +29,34 @@ def _utc_in(seconds: float | None) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(time.time() + seconds, dt.UTC)
 
 
+def _utc_at(unix_seconds: float | None) -> dt.datetime | None:
+    return None if unix_seconds is None else dt.datetime.fromtimestamp(unix_seconds, dt.UTC)
+
+
+async def watchlist_status(watchlist: Watchlist) -> WatchlistStatus:
+    try:
+        symbols = [
+            WatchedSymbolStatus(
+                symbol=s.symbol,
+                last_refresh=_utc_at(s.last_refresh),
+                next_refresh=_utc_at(s.next_refresh),
+            )
+            for s in await watchlist.status()
+        ]
+    except StoreUnavailable:  # when they were refreshed is unknown
+        symbols = [
+            WatchedSymbolStatus(symbol=s, last_refresh=None, next_refresh=None)
+            for s in watchlist.symbols
+        ]
+    return WatchlistStatus(
+        functions=list(watchlist.functions), reserve=watchlist.reserve, symbols=symbols
+    )
+
+
 @router.get("/upstream", response_model=UpstreamStatus)
 async def upstream_status(resources: ResourcesDep) -> UpstreamStatus:
     """What the service still allows itself to ask of Alpha Vantage: the daily quota, the
-    pacing bucket and the bulkheads."""
+    pacing bucket and the bulkheads; and the watchlist's refreshes."""
     limits = resources.limits
     try:
         status = await limits.status()
@@ -60,4 +87,7 @@ async def upstream_status(resources: ResourcesDep) -> UpstreamStatus:
             BulkheadStatus(name=b.name, max_concurrency=b.max_concurrency, in_flight=b.in_flight)
             for b in resources.bulkheads
         ],
+        watchlist=None
+        if resources.watchlist is None
+        else await watchlist_status(resources.watchlist),
     )

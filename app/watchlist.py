@@ -1,0 +1,207 @@
+"""WATCHLIST: symbols refreshed after each close of their exchange (plus the settle delay), so
+that they are fresh all day for one call each a trading day.
+
+A refresh asks StockService like any miss does, so it is paced, counted against the quota,
+single-flighted and behind the breaker; it is made only while the quota has more than
+WATCHLIST_RESERVE calls left, which stay for on-demand misses. On a free key only the daily
+series is refreshed: its quote changes at the same close, and a second call a symbol would
+halve the symbols a day's 25 calls keep fresh. On a premium key the quote is refreshed too,
+and stays fresh until the next open.
+
+When each symbol was last refreshed lives in the store, and a round runs under a lease there:
+in a group sharing the store one process refreshes a symbol, and the others find it done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from app.alphavantage import DAILY, QUOTE
+from app.breaker import CircuitOpenError
+from app.errors import StoreUnavailable, Throttled, UnknownSymbol, UpstreamError
+from app.freshness import Plan
+from app.limits import DAY, UpstreamLimits
+from app.service import StockService
+from app.shared_cache import CacheStore, Document
+
+logger = logging.getLogger(__name__)
+
+RETRY_SECONDS = 300.0  # after a refresh that failed (upstream down, breaker open, store down)
+RECHECK_SECONDS = 3600.0  # the longest sleep: the host may have been suspended meanwhile
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedSymbol:
+    symbol: str
+    last_refresh: float | None  # UNIX seconds; None: never
+    next_refresh: float
+
+
+class Watchlist:
+    """`next_bar(symbol, after)`: when a bar newer than `after` can exist (None: the exchange
+    has no calendar, and the symbol is refreshed a day after the last time)."""
+
+    def __init__(
+        self,
+        symbols: Sequence[str],
+        service: StockService,
+        limits: UpstreamLimits,
+        store: CacheStore,
+        *,
+        key: str,
+        next_bar: Callable[[str, float], float | None],
+        reserve: int,
+        plan: Plan,
+        lease_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.symbols = tuple(symbols)
+        self.reserve = reserve
+        self._service = service
+        self._limits = limits
+        self._store = store
+        self._next_bar = next_bar
+        # What a refresh asks for each symbol.
+        self.functions = (DAILY, QUOTE) if plan == "premium" else (DAILY,)
+        self._lease_seconds = lease_seconds
+        self._clock = clock
+        self._state_key = f"watchlist:{key}"
+        self._lease_key = f"watchlist:{key}:lease"
+        self._holder = uuid.uuid4().hex
+
+    async def run(self) -> None:
+        """Refresh what is due, then sleep until more is, until cancelled."""
+        while True:
+            try:
+                wait = await self.refresh_due()
+            except Exception:  # a round's surprise must not end the rounds after it
+                logger.exception("watchlist round failed")
+                wait = RETRY_SECONDS
+            await asyncio.sleep(min(RECHECK_SECONDS, wait))
+
+    async def status(self) -> list[WatchedSymbol]:
+        refreshed = await self._refreshed()
+        return [
+            WatchedSymbol(s, refreshed.get(s), self._due_at(s, refreshed.get(s)))
+            for s in self.symbols
+        ]
+
+    async def refresh_due(self) -> float:
+        """Refresh the symbols due, unless another process is at it; the seconds until the
+        next look."""
+        try:
+            if not self._due(await self._refreshed()):
+                return await self._until_next()
+            if not await self._take_lease():
+                return min(self._lease_seconds, RETRY_SECONDS)  # then find its work done
+            try:
+                # Read again under the lease: a round may have ended since the first look.
+                wait = await self._refresh(self._due(await self._refreshed()))
+            finally:
+                await self._release_lease()
+            return wait if wait is not None else await self._until_next()
+        except StoreUnavailable:
+            return RETRY_SECONDS
+
+    async def _refresh(self, due: list[str]) -> float | None:
+        """Refresh `due` in turn; None when all were, else the seconds to wait before the
+        rest."""
+        for symbol in due:
+            wait = await self._over_the_reserve()
+            if wait is not None:
+                logger.info("watchlist refresh held back: the reserve is reached")
+                return wait
+            # Renewed before each symbol, so that a long round keeps it; gone, if this
+            # process stalled past it and another took it: that one goes on.
+            if not await self._take_lease():
+                return self._lease_seconds
+            try:
+                fresh = await self._refresh_one(symbol)
+            except UnknownSymbol:
+                logger.warning("watchlist symbol unknown upstream", extra={"symbol": symbol})
+                fresh = True  # asked again after the next close, not at every look
+            except Throttled as exc:
+                return max(float(exc.retry_after), 1.0)
+            except (UpstreamError, CircuitOpenError) as exc:
+                logger.warning(
+                    "watchlist refresh failed",
+                    extra={"symbol": symbol, "cause": type(exc).__name__},
+                )
+                return RETRY_SECONDS
+            if not fresh:
+                return RETRY_SECONDS  # a stale copy answered: upstream failed
+            await self._mark_refreshed(symbol)
+        logger.info("watchlist refreshed", extra={"symbols": due})
+        return None
+
+    async def _refresh_one(self, symbol: str) -> bool:
+        """Whether `symbol` is fresh now (not a stale copy standing in for a failure)."""
+        _, source = await self._service.daily(symbol)
+        if QUOTE in self.functions and source != "stale":
+            _, source = await self._service.quote(symbol)
+        return source != "stale"
+
+    async def _over_the_reserve(self) -> float | None:
+        """None while the quota has more than the reserve left; else the seconds until it
+        may again."""
+        try:
+            usage = (await self._limits.status()).quota
+        except Throttled:  # the store does not answer
+            return RETRY_SECONDS
+        if usage is None or usage.remaining > self.reserve:
+            return None
+        return max(usage.blocked_for, usage.next_refill_in or RETRY_SECONDS, 1.0)
+
+    def _due_at(self, symbol: str, last: float | None) -> float:
+        if last is None:
+            return self._clock()
+        next_bar = self._next_bar(symbol, last)
+        return last + DAY if next_bar is None else next_bar
+
+    def _due(self, refreshed: dict[str, float]) -> list[str]:
+        now = self._clock()
+        return [s for s in self.symbols if self._due_at(s, refreshed.get(s)) <= now]
+
+    async def _until_next(self) -> float:
+        refreshed = await self._refreshed()
+        soonest = min(self._due_at(s, refreshed.get(s)) for s in self.symbols)
+        return max(soonest - self._clock(), 1.0)
+
+    async def _refreshed(self) -> dict[str, float]:
+        def read(document: Document, now: float) -> tuple[Document, dict[str, float]]:
+            return document, dict(document or {})
+
+        return await self._store.update(self._state_key, read)
+
+    async def _mark_refreshed(self, symbol: str) -> None:
+        at = self._clock()
+        watched = set(self.symbols)
+
+        def mark(document: Document, now: float) -> tuple[Document, None]:
+            kept = {s: t for s, t in (document or {}).items() if s in watched}
+            return {**kept, symbol: at}, None
+
+        await self._store.update(self._state_key, mark)
+
+    async def _take_lease(self) -> bool:
+        def take(document: Document, now: float) -> tuple[Document, bool]:
+            if document is not None and document["holder"] != self._holder:
+                return document, False
+            return {"holder": self._holder}, True
+
+        return await self._store.update(self._lease_key, take, self._lease_seconds)
+
+    async def _release_lease(self) -> None:
+        def give_back(document: Document, now: float) -> tuple[Document, None]:
+            if document is None or document["holder"] != self._holder:
+                return document, None
+            return None, None
+
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.update(self._lease_key, give_back, 0)
