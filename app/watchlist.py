@@ -87,8 +87,9 @@ class Watchlist:
 
     async def status(self) -> list[WatchedSymbol]:
         refreshed = await self._refreshed()
+        now = self._clock()
         return [
-            WatchedSymbol(s, refreshed.get(s), self._due_at(s, refreshed.get(s)))
+            WatchedSymbol(s, refreshed.get(s), self._due_at(s, refreshed.get(s), now))
             for s in self.symbols
         ]
 
@@ -99,6 +100,7 @@ class Watchlist:
             if not self._due(await self._refreshed()):
                 return await self._until_next()
             if not await self._take_lease():
+                logger.info("watchlist round left to the process holding its lease")
                 return min(self._lease_seconds, RETRY_SECONDS)  # then find its work done
             try:
                 # Read again under the lease: a round may have ended since the first look.
@@ -158,20 +160,21 @@ class Watchlist:
             return None
         return max(usage.blocked_for, usage.next_refill_in or RETRY_SECONDS, 1.0)
 
-    def _due_at(self, symbol: str, last: float | None) -> float:
+    def _due_at(self, symbol: str, last: float | None, now: float) -> float:
         if last is None:
-            return self._clock()
+            return now
         next_bar = self._next_bar(symbol, last)
         return last + DAY if next_bar is None else next_bar
 
     def _due(self, refreshed: dict[str, float]) -> list[str]:
         now = self._clock()
-        return [s for s in self.symbols if self._due_at(s, refreshed.get(s)) <= now]
+        return [s for s in self.symbols if self._due_at(s, refreshed.get(s), now) <= now]
 
     async def _until_next(self) -> float:
         refreshed = await self._refreshed()
-        soonest = min(self._due_at(s, refreshed.get(s)) for s in self.symbols)
-        return max(soonest - self._clock(), 1.0)
+        now = self._clock()
+        soonest = min(self._due_at(s, refreshed.get(s), now) for s in self.symbols)
+        return max(soonest - now, 1.0)
 
     async def _refreshed(self) -> dict[str, float]:
         def read(document: Document, now: float) -> tuple[Document, dict[str, float]]:

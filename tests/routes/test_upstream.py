@@ -195,3 +195,37 @@ class TestBulkhead:
         assert (await slow).status_code == 200
         assert await sim.total_calls() == 1
         assert (await scrape(api)).value(THROTTLED_CALLS, reason="bulkhead") == 1.0
+
+
+# -- the watchlist ---------------------------------------------------------------------------------
+
+
+class TestWatchlist:
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return make_settings(watchlist="ibm,TSCO.LON", upstream_daily_quota=25)
+
+    async def test_upstream_shows_each_symbols_last_and_next_refresh(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        for _ in range(100):  # the round starts with the app, and takes two calls
+            watchlist = (await upstream_status(api))["watchlist"]
+            if all(s["last_refresh"] is not None for s in watchlist["symbols"]):
+                break
+            await asyncio.sleep(0.05)
+        assert watchlist["functions"] == ["TIME_SERIES_DAILY"]  # a free key's
+        assert watchlist["reserve"] == 5
+        assert [s["symbol"] for s in watchlist["symbols"]] == ["IBM", "TSCO.LON"]
+        now = dt.datetime.now(dt.UTC)
+        for symbol in watchlist["symbols"]:
+            last = dt.datetime.fromisoformat(symbol["last_refresh"])
+            upcoming = dt.datetime.fromisoformat(symbol["next_refresh"])
+            assert now - dt.timedelta(seconds=30) < last <= now
+            # After the next close: within the week, a long weekend included.
+            assert now < upcoming < now + dt.timedelta(days=5)
+        assert await sim.calls() == {"TIME_SERIES_DAILY": 2}
+        assert (await upstream_status(api))["quota"]["used"] == 2
+
+
+async def test_without_a_watchlist_upstream_shows_none(api: httpx.AsyncClient) -> None:
+    assert (await upstream_status(api))["watchlist"] is None
