@@ -36,6 +36,12 @@ RETRY_SECONDS = 300.0  # after a refresh that failed (upstream down, breaker ope
 RECHECK_SECONDS = 3600.0  # the longest sleep: the host may have been suspended meanwhile
 
 
+def state_key(key: str) -> str:
+    """Where the store keeps when each symbol of the watchlist of API key `key` (its digest)
+    was last refreshed: {symbol: UNIX seconds}."""
+    return f"watchlist:{key}"
+
+
 @dataclass(frozen=True, slots=True)
 class WatchedSymbol:
     symbol: str
@@ -71,9 +77,13 @@ class Watchlist:
         self.functions = (DAILY, QUOTE) if plan == "premium" else (DAILY,)
         self._lease_seconds = lease_seconds
         self._clock = clock
-        self._state_key = f"watchlist:{key}"
-        self._lease_key = f"watchlist:{key}:lease"
+        self._state_key = state_key(key)
+        self._lease_key = f"{self._state_key}:lease"
         self._holder = uuid.uuid4().hex
+        # A symbol never refreshed is first refreshed after the next close, not at startup:
+        # a round now would spend the quota that the round after the close needs (the quota
+        # is a rolling day), and on-demand misses keep the symbols fresh until then anyway.
+        self._started = clock()
 
     async def run(self) -> None:
         """Refresh what is due, then sleep until more is, until cancelled."""
@@ -87,9 +97,8 @@ class Watchlist:
 
     async def status(self) -> list[WatchedSymbol]:
         refreshed = await self._refreshed()
-        now = self._clock()
         return [
-            WatchedSymbol(s, refreshed.get(s), self._due_at(s, refreshed.get(s), now))
+            WatchedSymbol(s, refreshed.get(s), self._due_at(s, refreshed.get(s)))
             for s in self.symbols
         ]
 
@@ -160,20 +169,19 @@ class Watchlist:
             return None
         return max(usage.blocked_for, usage.next_refill_in or RETRY_SECONDS, 1.0)
 
-    def _due_at(self, symbol: str, last: float | None, now: float) -> float:
-        if last is None:
-            return now
-        next_bar = self._next_bar(symbol, last)
-        return last + DAY if next_bar is None else next_bar
+    def _due_at(self, symbol: str, last: float | None) -> float:
+        since = self._started if last is None else last
+        next_bar = self._next_bar(symbol, since)
+        return since + DAY if next_bar is None else next_bar
 
     def _due(self, refreshed: dict[str, float]) -> list[str]:
         now = self._clock()
-        return [s for s in self.symbols if self._due_at(s, refreshed.get(s), now) <= now]
+        return [s for s in self.symbols if self._due_at(s, refreshed.get(s)) <= now]
 
     async def _until_next(self) -> float:
         refreshed = await self._refreshed()
         now = self._clock()
-        soonest = min(self._due_at(s, refreshed.get(s), now) for s in self.symbols)
+        soonest = min(self._due_at(s, refreshed.get(s)) for s in self.symbols)
         return max(soonest - now, 1.0)
 
     async def _refreshed(self) -> dict[str, float]:

@@ -62,24 +62,30 @@ class Setup:
             ]
 
 
-async def test_never_refreshed_symbols_are_due_at_once_then_after_their_next_close() -> None:
-    setup = Setup(at(NEW_YORK, 11, 24, 17), quota=25)  # Tuesday evening
+async def test_each_symbol_is_refreshed_after_its_exchanges_close() -> None:
+    setup = Setup(at(NEW_YORK, 11, 24, 8), quota=25)  # Tuesday morning: nothing is due
     async with setup.watchlists() as (watchlist,):
-        wait = await watchlist.refresh_due()
-        assert setup.calls() == [(DAILY, "success")] * 3
-        # London's Wednesday bar (16:30 there, plus the settle delay) comes first.
-        assert wait == at(LONDON, 11, 25, 17) - setup.clock.now
+        # London's bar (16:30 there, plus the settle delay) comes first, New York's later.
+        assert await watchlist.refresh_due() == at(LONDON, 11, 24, 17) - setup.clock.now
+        assert setup.calls() == []
+        setup.clock.now = at(LONDON, 11, 24, 17)
+        assert await watchlist.refresh_due() == at(NEW_YORK, 11, 24, 16, 30) - setup.clock.now
+        assert setup.calls() == [(DAILY, "success")]
+        setup.clock.now = at(NEW_YORK, 11, 24, 16, 30)
+        assert await watchlist.refresh_due() == at(LONDON, 11, 25, 17) - setup.clock.now
+        assert len(setup.calls()) == 3
         status = {s.symbol: (s.last_refresh, s.next_refresh) for s in await watchlist.status()}
         assert status == {
             "IBM": (setup.clock.now, at(NEW_YORK, 11, 25, 16, 30)),
             "MSFT": (setup.clock.now, at(NEW_YORK, 11, 25, 16, 30)),
-            "TSCO.LON": (setup.clock.now, at(LONDON, 11, 25, 17)),
+            "TSCO.LON": (at(LONDON, 11, 24, 17), at(LONDON, 11, 25, 17)),
         }
 
 
 async def test_after_thanksgiving_the_next_refresh_is_the_half_days() -> None:
-    setup = Setup(at(NEW_YORK, 11, 25, 17), quota=25)  # Wednesday; Thursday is a holiday
+    setup = Setup(at(NEW_YORK, 11, 25, 12), quota=25)  # Wednesday; Thursday is a holiday
     async with setup.watchlists() as (watchlist,):
+        setup.clock.now = at(NEW_YORK, 11, 25, 17)
         await watchlist.refresh_due()
         status = {s.symbol: s.next_refresh for s in await watchlist.status()}
         assert status["IBM"] == at(NEW_YORK, 11, 27, 13, 30)
@@ -87,8 +93,9 @@ async def test_after_thanksgiving_the_next_refresh_is_the_half_days() -> None:
 
 
 async def test_a_round_refreshes_each_due_symbol_once() -> None:
-    setup = Setup(at(NEW_YORK, 11, 24, 17), quota=25)
+    setup = Setup(at(NEW_YORK, 11, 24, 8), quota=25)
     async with setup.watchlists() as (watchlist,):
+        setup.clock.now = at(NEW_YORK, 11, 24, 17)
         await watchlist.refresh_due()
         await watchlist.refresh_due()  # nothing is due
         assert len(setup.calls()) == 3
@@ -101,8 +108,9 @@ async def test_a_round_refreshes_each_due_symbol_once() -> None:
 
 
 async def test_the_reserve_is_never_spent() -> None:
-    setup = Setup(at(NEW_YORK, 11, 24, 17), quota=4)
+    setup = Setup(at(NEW_YORK, 11, 24, 8), quota=4)
     async with setup.watchlists(reserve=2) as (watchlist,):
+        setup.clock.now = at(NEW_YORK, 11, 24, 17)
         wait = await watchlist.refresh_due()
         assert len(setup.calls()) == 2  # 4 - 2: the third waits for the quota to refill
         assert wait == DAY  # when the first of today's calls leaves the rolling day
@@ -113,15 +121,17 @@ async def test_the_reserve_is_never_spent() -> None:
 
 
 async def test_a_premium_key_refreshes_quotes_too() -> None:
-    setup = Setup(at(NEW_YORK, 11, 24, 17), quota=25)
+    setup = Setup(at(NEW_YORK, 11, 24, 8), quota=25)
     async with setup.watchlists(plan="premium") as (watchlist,):
+        setup.clock.now = at(NEW_YORK, 11, 24, 17)
         await watchlist.refresh_due()
         assert sorted(setup.calls()) == [(QUOTE, "success")] * 3 + [(DAILY, "success")] * 3
 
 
 async def test_two_watchlists_on_one_store_do_one_round_between_them() -> None:
-    setup = Setup(at(NEW_YORK, 11, 24, 17), quota=25)
+    setup = Setup(at(NEW_YORK, 11, 24, 8), quota=25)
     async with setup.watchlists(2) as (first, second):
+        setup.clock.now = at(NEW_YORK, 11, 24, 17)
         await first.refresh_due()
         await second.refresh_due()
         assert len(setup.calls()) == 3
@@ -131,8 +141,9 @@ async def test_two_watchlists_on_one_store_do_one_round_between_them() -> None:
 
 
 async def test_while_another_holds_the_lease_a_watchlist_waits() -> None:
-    setup = Setup(at(NEW_YORK, 11, 24, 17), quota=25)
+    setup = Setup(at(NEW_YORK, 11, 24, 8), quota=25)
     async with setup.watchlists(2) as (first, second):
+        setup.clock.now = at(NEW_YORK, 11, 24, 17)
         await setup.state.update(  # as another process's round under way has it
             "watchlist:k:lease", lambda _, now: ({"holder": "another process"}, None), 30
         )
