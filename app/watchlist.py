@@ -3,7 +3,8 @@ that they are fresh all day for one call each a trading day.
 
 A refresh asks StockService like any miss does, so it is paced, counted against the quota,
 single-flighted and behind the breaker; it is made only while the quota has more than
-WATCHLIST_RESERVE calls left, which stay for on-demand misses. On a free key only the daily
+WATCHLIST_RESERVE calls left, which stay for on-demand misses. While a round waits for calls
+to free up, the quota holds them for it (DailyQuota.hold). On a free key only the daily
 series is refreshed: its quote changes at the same close, and a second call a symbol would
 halve the symbols a day's 25 calls keep fresh. On a premium key the quote is refreshed too,
 and stays fresh until the next open.
@@ -26,7 +27,7 @@ from app.alphavantage import DAILY, QUOTE
 from app.breaker import CircuitOpenError
 from app.errors import StoreUnavailable, Throttled, UnknownSymbol, UpstreamError
 from app.freshness import Plan
-from app.limits import DAY, UpstreamLimits
+from app.limits import DAY, UpstreamLimits, priority_calls
 from app.service import StockService
 from app.shared_cache import CacheStore, Document
 
@@ -34,6 +35,12 @@ logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 300.0  # after a refresh that failed (upstream down, breaker open, store down)
 RECHECK_SECONDS = 3600.0  # the longest sleep: the host may have been suspended meanwhile
+# How long before a round is due the quota starts holding the calls it needs. The quota is a
+# rolling day: a call frees up a day after it was made, and on a key whose misses spend every
+# call, the round's own calls of the day before free up just as it is due only if it got
+# them then; this hour's calls keep it on the close, instead of drifting to whenever calls
+# free up.
+HOLD_AHEAD_SECONDS = 3600.0
 
 
 def state_key(key: str) -> str:
@@ -107,7 +114,7 @@ class Watchlist:
         next look."""
         try:
             if not self._due(await self._refreshed()):
-                return await self._until_next()
+                return await self._ahead_of_the_round()
             if not await self._take_lease():
                 logger.info("watchlist round left to the process holding its lease")
                 return min(self._lease_seconds, RETRY_SECONDS)  # then find its work done
@@ -116,40 +123,65 @@ class Watchlist:
                 wait = await self._refresh(self._due(await self._refreshed()))
             finally:
                 await self._release_lease()
-            return wait if wait is not None else await self._until_next()
+            return wait if wait is not None else await self._ahead_of_the_round()
         except StoreUnavailable:
             return RETRY_SECONDS
 
     async def _refresh(self, due: list[str]) -> float | None:
         """Refresh `due` in turn; None when all were, else the seconds to wait before the
-        rest."""
-        for symbol in due:
+        rest. Meanwhile the quota's calls left are held for the round: on-demand misses take
+        each call as it frees up, and the round would otherwise never find more than the
+        reserve left. A round that fails lets them go."""
+        for done, symbol in enumerate(due):
+            calls_left = (len(due) - done) * len(self.functions)
             wait = await self._over_the_reserve()
             if wait is not None:
-                logger.info("watchlist refresh held back: the reserve is reached")
+                logger.info("watchlist refresh waits: no more than the reserve is left")
+                await self._hold_while(calls_left, wait)
                 return wait
             # Renewed before each symbol, so that a long round keeps it; gone, if this
             # process stalled past it and another took it: that one goes on.
             if not await self._take_lease():
                 return self._lease_seconds
+            await self._hold(calls_left, self._lease_seconds)
             try:
-                fresh = await self._refresh_one(symbol)
+                with priority_calls():
+                    fresh = await self._refresh_one(symbol)
             except UnknownSymbol:
                 logger.warning("watchlist symbol unknown upstream", extra={"symbol": symbol})
                 fresh = True  # asked again after the next close, not at every look
-            except Throttled as exc:
-                return max(float(exc.retry_after), 1.0)
+            except Throttled as exc:  # paced, or the quota spent: its turn comes
+                retry = max(float(exc.retry_after), 1.0)
+                await self._hold_while(calls_left, retry)
+                return retry
             except (UpstreamError, CircuitOpenError) as exc:
                 logger.warning(
                     "watchlist refresh failed",
                     extra={"symbol": symbol, "cause": type(exc).__name__},
                 )
+                fresh = False
+            if not fresh:  # a failure, or a stale copy standing in for one
+                await self._hold(0, 0)
                 return RETRY_SECONDS
-            if not fresh:
-                return RETRY_SECONDS  # a stale copy answered: upstream failed
             await self._mark_refreshed(symbol)
+        await self._hold(0, 0)
         logger.info("watchlist refreshed", extra={"symbols": due})
         return None
+
+    async def _hold_while(self, calls: int, wait: float) -> None:
+        """Hold `calls` while the round waits `wait` seconds for them, if that is short: a
+        long wait (nothing frees up for hours) would only keep on-demand misses waiting."""
+        if wait <= RETRY_SECONDS:
+            await self._hold(calls, wait + self._lease_seconds)
+        else:
+            await self._hold(0, 0)
+
+    async def _hold(self, calls: int, seconds: float) -> None:
+        """Hold `calls` for the round, and the reserve, which the round leaves to on-demand
+        misses once it is over; 0: none."""
+        held = calls + self.reserve if calls else 0
+        with contextlib.suppress(Throttled):  # the store does not answer: nothing is held
+            await self._limits.hold(held, seconds)
 
     async def _refresh_one(self, symbol: str) -> bool:
         """Whether `symbol` is fresh now (not a stale copy standing in for a failure)."""
@@ -178,10 +210,17 @@ class Watchlist:
         now = self._clock()
         return [s for s in self.symbols if self._due_at(s, refreshed.get(s)) <= now]
 
-    async def _until_next(self) -> float:
+    async def _ahead_of_the_round(self) -> float:
+        """Nothing is due: within HOLD_AHEAD_SECONDS of the next round, hold the calls it
+        will need. The seconds until the next look."""
         refreshed = await self._refreshed()
         now = self._clock()
-        soonest = min(self._due_at(s, refreshed.get(s)) for s in self.symbols)
+        due_at = [self._due_at(s, refreshed.get(s)) for s in self.symbols]
+        soonest = min(due_at)
+        if soonest - now > HOLD_AHEAD_SECONDS:
+            return max(soonest - HOLD_AHEAD_SECONDS - now, 1.0)
+        coming = sum(1 for t in due_at if t <= now + HOLD_AHEAD_SECONDS)
+        await self._hold(coming * len(self.functions), soonest - now + self._lease_seconds)
         return max(soonest - now, 1.0)
 
     async def _refreshed(self) -> dict[str, float]:
