@@ -35,11 +35,10 @@ logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 300.0  # after a refresh that failed (upstream down, breaker open, store down)
 RECHECK_SECONDS = 3600.0  # the longest sleep: the host may have been suspended meanwhile
-# How long before a round is due the quota starts holding the calls it needs. The quota is a
-# rolling day: a call frees up a day after it was made, and on a key whose misses spend every
-# call, the round's own calls of the day before free up just as it is due only if it got
-# them then; this hour's calls keep it on the close, instead of drifting to whenever calls
-# free up.
+# How long before a round is due the quota starts holding calls for it. The quota is a
+# rolling day, a call freeing up a day after it is made: on a key whose misses take every
+# call as it frees up, a round that finds none at the close drifts to whenever calls free
+# up, and stays there. The calls that free up in the hour before keep it on the close.
 HOLD_AHEAD_SECONDS = 3600.0
 
 
@@ -94,6 +93,9 @@ class Watchlist:
 
     async def run(self) -> None:
         """Refresh what is due, then sleep until more is, until cancelled."""
+        # The symbols' calendars, built off the event loop: importing the library and
+        # building a calendar take about a second (app/market_hours.py).
+        await asyncio.to_thread(lambda: [self._next_bar(s, self._started) for s in self.symbols])
         while True:
             try:
                 wait = await self.refresh_due()
