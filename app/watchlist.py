@@ -2,12 +2,17 @@
 that they are fresh all day for one call each a trading day.
 
 A refresh asks StockService like any miss does, so it is paced, counted against the quota,
-single-flighted and behind the breaker; it is made only while the quota has more than
-WATCHLIST_RESERVE calls left, which stay for on-demand misses. While a round waits for calls
-to free up, the quota holds them for it (DailyQuota.hold). On a free key only the daily
-series is refreshed: its quote changes at the same close, and a second call a symbol would
-halve the symbols a day's 25 calls keep fresh. On a premium key the quote is refreshed too,
-and stays fresh until the next open.
+single-flighted and behind the breaker. On a free key only the daily series is refreshed: its
+quote changes at the same close, and a second call a symbol would halve the symbols a day's
+25 calls keep fresh. On a premium key the quote is refreshed too, and stays fresh until the
+next open.
+
+The quota's share: the watchlist's calls in any rolling day stay within the quota less
+WATCHLIST_RESERVE, which is left to on-demand misses. The quota is a rolling day, a call
+freeing up a day after it is made, and on a key whose misses take every call as it frees up
+a round would find none at the close; so the quota holds for the next round the calls it
+needs beyond those of its own that free up by then (DailyQuota.hold), and, during a round,
+those it still needs. Rounds then stay on the close, and on-demand misses get the rest.
 
 When each symbol was last refreshed lives in the store, and a round runs under a lease there:
 in a group sharing the store one process refreshes a symbol, and the others find it done.
@@ -22,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from app.alphavantage import DAILY, QUOTE
 from app.breaker import CircuitOpenError
@@ -35,16 +41,12 @@ logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 300.0  # after a refresh that failed (upstream down, breaker open, store down)
 RECHECK_SECONDS = 3600.0  # the longest sleep: the host may have been suspended meanwhile
-# How long before a round is due the quota starts holding calls for it. The quota is a
-# rolling day, a call freeing up a day after it is made: on a key whose misses take every
-# call as it frees up, a round that finds none at the close drifts to whenever calls free
-# up, and stays there. The calls that free up in the hour before keep it on the close.
-HOLD_AHEAD_SECONDS = 3600.0
 
 
 def state_key(key: str) -> str:
-    """Where the store keeps when each symbol of the watchlist of API key `key` (its digest)
-    was last refreshed: {symbol: UNIX seconds}."""
+    """Where the store keeps the watchlist of API key `key` (its digest): when each symbol
+    was last refreshed, {"refreshed": {symbol: UNIX seconds}}, and when its calls upstream
+    were made, {"calls": [UNIX seconds]}."""
     return f"watchlist:{key}"
 
 
@@ -53,6 +55,14 @@ class WatchedSymbol:
     symbol: str
     last_refresh: float | None  # UNIX seconds; None: never
     next_refresh: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """What the store holds for the watchlist."""
+
+    refreshed: dict[str, float]
+    calls: list[float]  # its upstream calls, within the quota's window
 
 
 class Watchlist:
@@ -75,19 +85,19 @@ class Watchlist:
     ) -> None:
         self.symbols = tuple(symbols)
         self.reserve = reserve
+        # What a refresh asks for each symbol.
+        self.functions = (DAILY, QUOTE) if plan == "premium" else (DAILY,)
         self._service = service
         self._limits = limits
         self._store = store
         self._next_bar = next_bar
-        # What a refresh asks for each symbol.
-        self.functions = (DAILY, QUOTE) if plan == "premium" else (DAILY,)
         self._lease_seconds = lease_seconds
         self._clock = clock
         self._state_key = state_key(key)
         self._lease_key = f"{self._state_key}:lease"
         self._holder = uuid.uuid4().hex
         # A symbol never refreshed is first refreshed after the next close, not at startup:
-        # a round now would spend the quota that the round after the close needs (the quota
+        # a round now would spend calls at an hour that later rounds would keep (the quota
         # is a rolling day), and on-demand misses keep the symbols fresh until then anyway.
         self._started = clock()
 
@@ -105,7 +115,7 @@ class Watchlist:
             await asyncio.sleep(min(RECHECK_SECONDS, wait))
 
     async def status(self) -> list[WatchedSymbol]:
-        refreshed = await self._refreshed()
+        refreshed = (await self._ledger()).refreshed
         return [
             WatchedSymbol(s, refreshed.get(s), self._due_at(s, refreshed.get(s)))
             for s in self.symbols
@@ -115,46 +125,50 @@ class Watchlist:
         """Refresh the symbols due, unless another process is at it; the seconds until the
         next look."""
         try:
-            if not self._due(await self._refreshed()):
-                return await self._ahead_of_the_round()
+            if not self._due((await self._ledger()).refreshed):
+                return await self._between_rounds()
             if not await self._take_lease():
                 logger.info("watchlist round left to the process holding its lease")
                 return min(self._lease_seconds, RETRY_SECONDS)  # then find its work done
             try:
                 # Read again under the lease: a round may have ended since the first look.
-                wait = await self._refresh(self._due(await self._refreshed()))
+                wait = await self._round(self._due((await self._ledger()).refreshed))
             finally:
                 await self._release_lease()
-            return wait if wait is not None else await self._ahead_of_the_round()
+            return wait if wait is not None else await self._between_rounds()
         except StoreUnavailable:
             return RETRY_SECONDS
 
-    async def _refresh(self, due: list[str]) -> float | None:
+    async def _round(self, due: list[str]) -> float | None:
         """Refresh `due` in turn; None when all were, else the seconds to wait before the
-        rest. Meanwhile the quota's calls left are held for the round: on-demand misses take
-        each call as it frees up, and the round would otherwise never find more than the
-        reserve left. A round that fails lets them go."""
+        rest. The quota holds the calls the round still needs; a round that fails lets them
+        go."""
         for done, symbol in enumerate(due):
-            calls_left = (len(due) - done) * len(self.functions)
-            wait = await self._over_the_reserve()
-            if wait is not None:
-                logger.info("watchlist refresh waits: no more than the reserve is left")
-                await self._hold_while(calls_left, wait)
+            needed = (len(due) - done) * len(self.functions)
+            share = await self._share_left()
+            if share is not None and share < len(self.functions):
+                logger.info("watchlist round waits: its share of the day's quota is spent")
+                wait = await self._until_share_frees()
+                # Its own calls of the day before free up within seconds of the close: held
+                # for it, not taken by the first miss that comes along.
+                short = wait <= RETRY_SECONDS
+                await self._hold(needed if short else 0, wait + self._lease_seconds)
                 return wait
             # Renewed before each symbol, so that a long round keeps it; gone, if this
             # process stalled past it and another took it: that one goes on.
             if not await self._take_lease():
                 return self._lease_seconds
-            await self._hold(calls_left, self._lease_seconds)
+            held = needed if share is None else min(needed, share)
+            await self._hold(held, RETRY_SECONDS)
             try:
                 with priority_calls():
                     fresh = await self._refresh_one(symbol)
             except UnknownSymbol:
                 logger.warning("watchlist symbol unknown upstream", extra={"symbol": symbol})
                 fresh = True  # asked again after the next close, not at every look
-            except Throttled as exc:  # paced, or the quota spent: its turn comes
+            except Throttled as exc:  # paced, or no call free yet: its turn comes
                 retry = max(float(exc.retry_after), 1.0)
-                await self._hold_while(calls_left, retry)
+                await self._hold(held, retry + self._lease_seconds)
                 return retry
             except (UpstreamError, CircuitOpenError) as exc:
                 logger.warning(
@@ -166,42 +180,61 @@ class Watchlist:
                 await self._hold(0, 0)
                 return RETRY_SECONDS
             await self._mark_refreshed(symbol)
-        await self._hold(0, 0)
         logger.info("watchlist refreshed", extra={"symbols": due})
         return None
 
-    async def _hold_while(self, calls: int, wait: float) -> None:
-        """Hold `calls` while the round waits `wait` seconds for them, if that is short: a
-        long wait (nothing frees up for hours) would only keep on-demand misses waiting."""
-        if wait <= RETRY_SECONDS:
-            await self._hold(calls, wait + self._lease_seconds)
-        else:
-            await self._hold(0, 0)
+    async def _refresh_one(self, symbol: str) -> bool:
+        """Whether `symbol` is fresh now (not a stale copy standing in for a failure); its
+        calls upstream are counted in the watchlist's share."""
+        for function in self.functions:
+            fetch = self._service.daily if function == DAILY else self._service.quote
+            _, source = await fetch(symbol)
+            if source == "upstream":
+                await self._count_call()
+            if source == "stale":
+                return False
+        return True
+
+    async def _between_rounds(self) -> float:
+        """Hold for the next round the calls it may make then, beyond its own that free up
+        by then; the seconds until the next look."""
+        ledger = await self._ledger()
+        now = self._clock()
+        soonest = min(self._due_at(s, ledger.refreshed.get(s)) for s in self.symbols)
+        window = self._quota_window()
+        if window is not None:
+            limit, seconds = window
+            counted = [t for t in ledger.calls if t > now - seconds]
+            still_counted = sum(1 for t in counted if t + seconds > soonest)
+            freeing = len(counted) - still_counted
+            share = max(0, limit - self.reserve - still_counted)
+            held = max(0, min(len(self.symbols) * len(self.functions), share) - freeing)
+            await self._hold(held, soonest - now + self._lease_seconds)
+        return max(soonest - now, 1.0)
+
+    async def _share_left(self) -> int | None:
+        """Calls the watchlist may still make in the quota's window; None: no quota."""
+        window = self._quota_window()
+        if window is None:
+            return None
+        limit, seconds = window
+        horizon = self._clock() - seconds
+        made = sum(1 for t in (await self._ledger()).calls if t > horizon)
+        return max(0, limit - self.reserve - made)
+
+    async def _until_share_frees(self) -> float:
+        window = self._quota_window()
+        calls = (await self._ledger()).calls
+        if window is None or not calls:
+            return RETRY_SECONDS
+        return max(min(calls) + window[1] - self._clock(), 1.0)
+
+    def _quota_window(self) -> tuple[int, float] | None:
+        return self._limits.quota
 
     async def _hold(self, calls: int, seconds: float) -> None:
-        """Hold `calls` for the round, and the reserve, which the round leaves to on-demand
-        misses once it is over; 0: none."""
-        held = calls + self.reserve if calls else 0
         with contextlib.suppress(Throttled):  # the store does not answer: nothing is held
-            await self._limits.hold(held, seconds)
-
-    async def _refresh_one(self, symbol: str) -> bool:
-        """Whether `symbol` is fresh now (not a stale copy standing in for a failure)."""
-        _, source = await self._service.daily(symbol)
-        if QUOTE in self.functions and source != "stale":
-            _, source = await self._service.quote(symbol)
-        return source != "stale"
-
-    async def _over_the_reserve(self) -> float | None:
-        """None while the quota has more than the reserve left; else the seconds until it
-        may again."""
-        try:
-            usage = (await self._limits.status()).quota
-        except Throttled:  # the store does not answer
-            return RETRY_SECONDS
-        if usage is None or usage.remaining > self.reserve:
-            return None
-        return max(usage.blocked_for, usage.next_refill_in or RETRY_SECONDS, 1.0)
+            await self._limits.hold(calls, seconds)
 
     def _due_at(self, symbol: str, last: float | None) -> float:
         since = self._started if last is None else last
@@ -212,34 +245,32 @@ class Watchlist:
         now = self._clock()
         return [s for s in self.symbols if self._due_at(s, refreshed.get(s)) <= now]
 
-    async def _ahead_of_the_round(self) -> float:
-        """Nothing is due: within HOLD_AHEAD_SECONDS of the next round, hold the calls it
-        will need. The seconds until the next look."""
-        refreshed = await self._refreshed()
-        now = self._clock()
-        due_at = [self._due_at(s, refreshed.get(s)) for s in self.symbols]
-        soonest = min(due_at)
-        if soonest - now > HOLD_AHEAD_SECONDS:
-            return max(soonest - HOLD_AHEAD_SECONDS - now, 1.0)
-        coming = sum(1 for t in due_at if t <= now + HOLD_AHEAD_SECONDS)
-        await self._hold(coming * len(self.functions), soonest - now + self._lease_seconds)
-        return max(soonest - now, 1.0)
-
-    async def _refreshed(self) -> dict[str, float]:
-        def read(document: Document, now: float) -> tuple[Document, dict[str, float]]:
-            return document, dict(document or {})
+    async def _ledger(self) -> Ledger:
+        def read(document: Document, now: float) -> tuple[Document, Ledger]:
+            return document, _ledger_of(document)
 
         return await self._store.update(self._state_key, read)
 
     async def _mark_refreshed(self, symbol: str) -> None:
+        await self._change(lambda ledger, at: ledger.refreshed.update({symbol: at}))
+
+    async def _count_call(self) -> None:
+        await self._change(lambda ledger, at: ledger.calls.append(at))
+
+    async def _change(self, change: Callable[[Ledger, float], Any]) -> None:
         at = self._clock()
+        window = self._quota_window()
+        horizon = at - (window[1] if window is not None else DAY)
         watched = set(self.symbols)
 
-        def mark(document: Document, now: float) -> tuple[Document, None]:
-            kept = {s: t for s, t in (document or {}).items() if s in watched}
-            return {**kept, symbol: at}, None
+        def write(document: Document, now: float) -> tuple[Document, None]:
+            ledger = _ledger_of(document)
+            change(ledger, at)
+            refreshed = {s: t for s, t in ledger.refreshed.items() if s in watched}
+            calls = [t for t in ledger.calls if t > horizon]
+            return {"refreshed": refreshed, "calls": calls}, None
 
-        await self._store.update(self._state_key, mark)
+        await self._store.update(self._state_key, write)
 
     async def _take_lease(self) -> bool:
         def take(document: Document, now: float) -> tuple[Document, bool]:
@@ -257,3 +288,8 @@ class Watchlist:
 
         with contextlib.suppress(StoreUnavailable):
             await self._store.update(self._lease_key, give_back, 0)
+
+
+def _ledger_of(document: Document) -> Ledger:
+    document = document or {}
+    return Ledger(dict(document.get("refreshed", {})), list(document.get("calls", [])))

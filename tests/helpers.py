@@ -233,8 +233,8 @@ async def refreshed_long_ago(state_url: str, api_key: str, symbols: Collection[s
     would otherwise wait for the next close)."""
     state = open_state(state_url, timeout=5)
 
-    def write(document: Any, now: float) -> tuple[dict[str, float], None]:
-        return dict.fromkeys(symbols, now - 10 * 86400), None
+    def write(document: Any, now: float) -> tuple[dict[str, Any], None]:
+        return {"refreshed": dict.fromkeys(symbols, now - 10 * 86400)}, None
 
     try:
         await state.update(state_key(key_digest(SecretStr(api_key))), write)

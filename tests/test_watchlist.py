@@ -68,17 +68,14 @@ class Setup:
 async def test_each_symbol_is_refreshed_after_its_exchanges_close() -> None:
     setup = Setup(at(NEW_YORK, 11, 24, 8), quota=25)  # Tuesday morning: nothing is due
     async with setup.watchlists() as (watchlist,):
-        # London's bar (16:30 there, plus the settle delay) comes first, New York's later;
-        # the next look is an hour before each, when the quota starts holding calls for it.
-        assert await watchlist.refresh_due() == at(LONDON, 11, 24, 16) - setup.clock.now
-        setup.clock.now = at(LONDON, 11, 24, 16)
+        # London's bar (16:30 there, plus the settle delay) comes first, New York's later.
         assert await watchlist.refresh_due() == at(LONDON, 11, 24, 17) - setup.clock.now
         assert setup.calls() == []
         setup.clock.now = at(LONDON, 11, 24, 17)
-        assert await watchlist.refresh_due() == at(NEW_YORK, 11, 24, 15, 30) - setup.clock.now
+        assert await watchlist.refresh_due() == at(NEW_YORK, 11, 24, 16, 30) - setup.clock.now
         assert setup.calls() == [(DAILY, "success")]
         setup.clock.now = at(NEW_YORK, 11, 24, 16, 30)
-        assert await watchlist.refresh_due() == at(LONDON, 11, 25, 16) - setup.clock.now
+        assert await watchlist.refresh_due() == at(LONDON, 11, 25, 17) - setup.clock.now
         assert len(setup.calls()) == 3
         status = {s.symbol: (s.last_refresh, s.next_refresh) for s in await watchlist.status()}
         assert status == {
@@ -113,22 +110,26 @@ async def test_a_round_refreshes_each_due_symbol_once() -> None:
         assert len(setup.calls()) == 6
 
 
-async def test_an_hour_before_a_round_the_quota_holds_its_calls() -> None:
+async def test_misses_get_the_reserve_and_the_rounds_their_share_each_at_its_time() -> None:
     setup = Setup(at(NEW_YORK, 11, 24, 8), quota=5)
     async with (
-        setup.watchlists(reserve=1) as (watchlist,),
-        stock_service(setup.events, setup.clock, quota=setup.quota, state=setup.state) as on_demand,
+        setup.watchlists(reserve=2) as (watchlist,),
+        stock_service(setup.events, setup.clock, quota=setup.quota, state=setup.state) as misses,
     ):
-        setup.clock.now = at(NEW_YORK, 11, 24, 15, 31)  # New York's round is due at 16:30
-        await watchlist.refresh_due()  # London's round, past due: 4 calls left
-        # Held: the two New York symbols' calls and the reserve.
-        await on_demand.daily("OTHER1")
+        await watchlist.refresh_due()  # nothing due yet: the rounds' 3 calls are held
+        await misses.daily("OTHER1")
+        await misses.daily("OTHER2")
         with pytest.raises(Throttled, match="held for the watchlist"):
-            await on_demand.daily("OTHER2")
+            await misses.daily("OTHER3")
+        setup.clock.now = at(LONDON, 11, 24, 17)
+        await watchlist.refresh_due()
+        with pytest.raises(Throttled, match="held for the watchlist"):
+            await misses.daily("OTHER3")
         setup.clock.now = at(NEW_YORK, 11, 24, 16, 30)
         await watchlist.refresh_due()
-        assert len(setup.calls()) == 4  # TSCO.LON, OTHER1, IBM, MSFT: the reserve is left
-        await on_demand.daily("OTHER2")  # the round is over: nothing is held
+        assert len(setup.calls()) == 5  # OTHER1, OTHER2, TSCO.LON, IBM, MSFT
+        refreshed = [s.symbol for s in await watchlist.status() if s.last_refresh is not None]
+        assert refreshed == list(SYMBOLS)
 
 
 async def test_the_reserve_is_never_spent() -> None:
