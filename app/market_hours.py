@@ -2,7 +2,7 @@
 as plain tables of UNIX seconds that answer in microseconds without pandas.
 
 exchange_calendars rather than the financial calendars of `holidays`: only it knows session
-hours, lunch breaks and early closes (half days), and Stockholm; it costs 0.6 s and 65 MB
+hours, lunch breaks and early closes (half days), and Stockholm; it costs 0.6 s and 64 MB
 (pandas) to import, measured in the README's "Freshness", so it is imported on first use.
 """
 
@@ -79,7 +79,7 @@ class MarketHours:
 
 
 def build_sessions(exchange: str, at: float) -> Sessions | None:
-    # Here, not at the top: 0.6 s and 65 MB, spent only once a calendar is needed.
+    # Here, not at the top: 0.6 s and 64 MB, spent only once a calendar is needed.
     import exchange_calendars
     import pandas
 
