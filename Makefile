@@ -103,8 +103,9 @@ soak: $(STAMP) wrk
 bench-breaker-memory: $(STAMP)
 	$(BIN)/python bench/breaker_memory.py
 
-# Upstream calls a day for 100 Zipf-distributed symbols at 10 requests/s (a simulated day,
-# about two minutes): cache, coalescing, pacing and quota against a free key's 25 a day.
+# Upstream calls a day for 100 Zipf-distributed symbols at 10 requests/s (a simulated day):
+# cache, coalescing, pacing and quota against a free key's 25 a day; then a simulated
+# trading week of fixed TTLs against market freshness and a watchlist (about 20 minutes).
 bench-quota: $(STAMP)
 	$(BIN)/python bench/quota_workload.py
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -90,6 +92,8 @@ def create_app(
             transport=upstream_transport,
         ) as http:
             app.state.resources = build_resources(resolved, http, metrics, state, cache_clock)
+            watchlist = app.state.resources.watchlist
+            refreshing = None if watchlist is None else asyncio.create_task(watchlist.run())
             # Everything built so far lives as long as the process: keep it out of the garbage
             # collector's full passes, which would otherwise stall requests for milliseconds.
             gc.freeze()
@@ -115,6 +119,10 @@ def create_app(
             finally:
                 app.state.ready = False
                 restore_sigterm()
+                if refreshing is not None:
+                    refreshing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await refreshing
                 await resources.events.aclose()
                 await resources.recorder.flush()
                 await resources.service.aclose()

@@ -186,6 +186,19 @@ class StateStoreStatus(BaseModel):
     up: bool  # answered its last operation
 
 
+class WatchedSymbolStatus(BaseModel):
+    symbol: str
+    # null: never refreshed, or (both) while the state store does not answer
+    last_refresh: dt.datetime | None
+    next_refresh: dt.datetime | None
+
+
+class WatchlistStatus(BaseModel):
+    functions: list[str]  # what a refresh asks for each symbol
+    reserve: int  # calls of the daily quota a refresh never spends (WATCHLIST_RESERVE)
+    symbols: list[WatchedSymbolStatus]
+
+
 class UpstreamStatus(BaseModel):
     state_store: StateStoreStatus
     # quota and pacing: null when off (UPSTREAM_DAILY_QUOTA=0, UPSTREAM_RATE_PER_SECOND=0), or
@@ -197,6 +210,7 @@ class UpstreamStatus(BaseModel):
     paused_until: dt.datetime | None
     max_wait_seconds: float
     bulkheads: list[BulkheadStatus]
+    watchlist: WatchlistStatus | None  # null: no WATCHLIST
 
 
 class ConsumerUsage(BaseModel):

@@ -18,8 +18,10 @@ from app.cache import TTLCache
 from app.consumers import ConsumerLimits, ConsumerRegistry
 from app.errors import is_upstream_failure
 from app.event_stream import CallCounts, EventHub
+from app.freshness import MarketFreshness
 from app.hits import HitTable
 from app.limits import DAY, Bulkhead, UpstreamLimits
+from app.market_hours import MarketHours
 from app.metrics import Metrics
 from app.passthrough import PASSTHROUGH, parse_ttls
 from app.rendering import Renderer
@@ -28,6 +30,7 @@ from app.settings import Settings
 from app.shared_cache import SharedCache
 from app.state import ObservedState
 from app.transition_log import TransitionLog, TransitionRecorder
+from app.watchlist import Watchlist
 
 BREAKER_NAME = "alphavantage"  # the shared breaker; with BREAKER_SCOPE=function, a prefix
 # What the service's lanes are keyed by: each built-in function, and the gateway's pass-through
@@ -57,6 +60,7 @@ class Resources:
     recorder: TransitionRecorder  # writes the breakers' transitions to it
     events: EventHub  # GET /circuit-breaker/events
     hits: HitTable  # the hit fast path's answers (app/fast_path.py)
+    watchlist: Watchlist | None  # None: no WATCHLIST; its rounds run in the app's lifespan
 
 
 def upstream_connections(settings: Settings) -> int:
@@ -129,18 +133,22 @@ def build_resources(
         max_entries=settings.cache_max_entries,
         clock=cache_clock,
     )
+    # A holder that dies blocks the key no longer than its call could take: the waits for a
+    # slot and a turn, the call, and the dozen store operations around it.
+    call_lease = (
+        settings.upstream_timeout_seconds
+        + settings.upstream_max_wait_seconds
+        + 12 * settings.state_timeout_seconds
+    )
     shared = SharedCache(
         state,
         namespace=key,
         ttl=settings.cache_ttl_seconds,
         stale=settings.cache_stale_seconds,
-        # A holder that dies blocks the key no longer than its call could take: the waits
-        # for a slot and a turn, the call, and the dozen store operations around it.
-        lease_seconds=settings.upstream_timeout_seconds
-        + settings.upstream_max_wait_seconds
-        + 12 * settings.state_timeout_seconds,
+        lease_seconds=call_lease,
     )
     consumer_limits = ConsumerLimits(state)
+    hours = MarketHours()  # no calendar is built, nor the library imported, before first use
     service = StockService(
         client,
         lanes,
@@ -151,8 +159,24 @@ def build_resources(
         consumer_limits,
         passthrough_ttls=parse_ttls(settings.gateway_passthrough_ttls),
         bulk_quotes=settings.alphavantage_plan == "premium",
+        freshness=freshness_policy(settings, hours),
     )
     breakers = tuple(lane.breaker for lane in lanes_by_name.values())
+    watchlist = None
+    if settings.watchlist:
+        watchlist = Watchlist(
+            settings.watchlist.split(","),
+            service,
+            limits,
+            state,
+            key=key,
+            next_bar=MarketFreshness(
+                hours, settle=settings.freshness_settle_seconds, plan=settings.alphavantage_plan
+            ).next_bar,
+            reserve=settings.watchlist_reserve,
+            plan=settings.alphavantage_plan,
+            lease_seconds=2 * call_lease,  # a symbol's refresh: its series and its quote
+        )
     return Resources(
         settings=settings,
         http=http,
@@ -178,6 +202,16 @@ def build_resources(
             heartbeat_seconds=settings.events_heartbeat_seconds,
         ),
         hits=HitTable(),
+        watchlist=watchlist,
+    )
+
+
+def freshness_policy(settings: Settings, hours: MarketHours) -> MarketFreshness | None:
+    """CACHE_FRESHNESS's policy; None for `fixed`, which leaves every TTL to the caches."""
+    if settings.cache_freshness == "fixed":
+        return None
+    return MarketFreshness(
+        hours, settle=settings.freshness_settle_seconds, plan=settings.alphavantage_plan
     )
 
 

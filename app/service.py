@@ -46,6 +46,7 @@ from app.errors import (
     UpstreamError,
     UpstreamFailure,
 )
+from app.freshness import Freshness
 from app.limits import Bulkhead, UpstreamLimits
 from app.models import DailySeries, Quote, RawAnswer, Source, SymbolMatches
 from app.passthrough import PASSTHROUGH, canonical_query, function_of, upstream_params
@@ -132,10 +133,12 @@ class StockService:
         consumer_limits: ConsumerLimits,
         passthrough_ttls: Mapping[str, float] | None = None,
         bulk_quotes: bool = False,
+        freshness: Freshness | None = None,
     ) -> None:
         """`passthrough_ttls`: seconds a pass-through function's answers stay fresh, by
-        function; the caches' own TTL for the others. `bulk_quotes`: quotes() fetches its
-        misses in one REALTIME_BULK_QUOTES call (a premium key) instead of one call each."""
+        function; `freshness` decides it for the others (app/freshness.py); None, or its
+        None: the caches' own TTL. `bulk_quotes`: quotes() fetches its misses in one
+        REALTIME_BULK_QUOTES call (a premium key) instead of one call each."""
         self._client = client
         self._lanes = lanes
         self._limits = limits
@@ -145,6 +148,7 @@ class StockService:
         self._consumer_limits = consumer_limits
         self._passthrough_ttls = dict(passthrough_ttls or {})
         self._bulk_quotes = bulk_quotes
+        self._freshness = freshness
         self._flights: SingleFlight[Key, Served[Value]] = SingleFlight()
 
     async def daily(self, symbol: str, consumer: Consumer | None = None) -> Served[DailySeries]:
@@ -264,7 +268,7 @@ class StockService:
         shared = await self._shared.get(":".join(key))
         if shared is not None and shared.fresh:
             value = kind.model_validate(shared.value)
-            kept = self._cache.put(key, value, age=shared.age, ttl=self._ttl(key))
+            kept = self._cache.put(key, value, age=shared.age, ttl=self._ttl(key, shared.age))
             return Served(value, "cache", kept.age, kept.ttl)
         return self._stale_or_raise(key, kind, shared, error)
 
@@ -299,7 +303,7 @@ class StockService:
                 )
                 return self._stale_or_raise(key, kind, shared, error)
         value = kind.model_validate(shared.value)
-        kept = self._cache.put(key, value, age=shared.age, ttl=self._ttl(key))
+        kept = self._cache.put(key, value, age=shared.age, ttl=self._ttl(key, shared.age))
         return Served(value, "cache", kept.age, kept.ttl)
 
     async def _fetch_holding_the_lease(
@@ -315,7 +319,7 @@ class StockService:
             # Another process's flight landed between our look and our lease: use it.
             await self._shared.release(name)
             value = kind.model_validate(landed.value)
-            kept = self._cache.put(key, value, age=landed.age, ttl=self._ttl(key))
+            kept = self._cache.put(key, value, age=landed.age, ttl=self._ttl(key, landed.age))
             return Served(value, "cache", kept.age, kept.ttl)
         try:
             value = await call()
@@ -325,9 +329,10 @@ class StockService:
         except BaseException:
             await self._shared.release(name)
             raise
-        kept = self._cache.put(key, value, ttl=self._ttl(key))
+        ttl = self._ttl(key)
+        kept = self._cache.put(key, value, ttl=ttl)
         # Put before the lease goes: a waiter that sees no lease and no value fetches again.
-        await self._shared.put(name, value.model_dump(mode="json"), ttl=self._ttl(key))
+        await self._shared.put(name, value.model_dump(mode="json"), ttl=ttl)
         await self._shared.release(name)
         return Served(value, "upstream", kept.age, kept.ttl)
 
@@ -346,15 +351,16 @@ class StockService:
             detail = f"Alpha Vantage call held back: {exc.detail}"
             raise type(exc)(detail, exc.reason, exc.retry_after) from None
 
-    def _ttl(self, key: Key) -> float | None:
-        """A search's day, or a pass-through function's own TTL if it has one; None: the
+    def _ttl(self, key: Key, age: float = 0.0) -> float | None:
+        """Seconds an entry for `key`, fetched `age` seconds ago, is fresh from its fetch: a
+        search's day, a pass-through function's own TTL, or the freshness policy's; None: the
         caches' own."""
         function, query = key
         if function == SEARCH:
             return SEARCH_TTL
-        if function != PASSTHROUGH:
-            return None
-        return self._passthrough_ttls.get(function_of(query))
+        if function == PASSTHROUGH:
+            return self._passthrough_ttls.get(function_of(query))
+        return None if self._freshness is None else self._freshness.fresh_for(function, query, age)
 
     def _count_held_back(self, exc: Throttled, consumer: Consumer | None) -> None:
         self._events.count_throttled(exc.reason)

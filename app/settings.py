@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -15,6 +16,10 @@ ALPHAVANTAGE_URL = "https://www.alphavantage.co/query"
 # GATEWAY_FUNCTIONS's value for every function: the three GET /query (app/gateway.py) builds
 # answers for, and pass-through of any other.
 ALL_FUNCTIONS = "*"
+
+# What GET /stock/{symbol} accepts (app/routes/stock.py, which imports this module).
+WATCHED_SYMBOL = re.compile(r"[A-Z0-9]+(?:[.-][A-Z0-9]+)*")
+SYMBOL_RULE = "a symbol is letters or digits, in groups joined by single '.' or '-'"
 
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -87,6 +92,16 @@ class Settings(StoreSettings):
     cache_ttl_seconds: Seconds = 300.0
     cache_stale_seconds: Seconds = 86400.0
     cache_max_entries: AtLeastOne = 10_000
+    # market: a daily series (and a free key's quote) is fresh until Alpha Vantage can have
+    # the next bar, a quote until its market opens again (app/freshness.py); fixed:
+    # CACHE_TTL_SECONDS for every answer.
+    cache_freshness: Literal["market", "fixed"] = "market"
+    # How long after a close Alpha Vantage may take to publish that session's bar.
+    freshness_settle_seconds: Seconds = 1800.0
+    # Comma-separated symbols refreshed after each close of their exchange (app/watchlist.py),
+    # never spending the last WATCHLIST_RESERVE calls of the daily quota. Empty: none.
+    watchlist: str = ""
+    watchlist_reserve: Annotated[int, Field(ge=0)] = 5
     admin_token: SecretStr | None = None
     shutdown_drain_seconds: Seconds = 2.0
     shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 20
@@ -133,6 +148,15 @@ class Settings(StoreSettings):
                 f"(or {ALL_FUNCTIONS} for every one)"
             )
         return ",".join(dict.fromkeys(names))
+
+    @field_validator("watchlist")
+    @classmethod
+    def _watchlist_symbols(cls, value: str) -> str:
+        symbols = [symbol.strip().upper() for symbol in value.split(",") if symbol.strip()]
+        malformed = sorted(s for s in set(symbols) if WATCHED_SYMBOL.fullmatch(s) is None)
+        if malformed:
+            raise ValueError(f"{', '.join(malformed)}: {SYMBOL_RULE}")
+        return ",".join(dict.fromkeys(symbols))
 
     @field_validator("gateway_passthrough_ttls")
     @classmethod

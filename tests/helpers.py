@@ -19,8 +19,12 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
+from app.resources import key_digest
 from app.simulator import FaultMode
+from app.state import open_state
+from app.watchlist import state_key
 
 # -- answers ---------------------------------------------------------------------------------
 
@@ -316,3 +320,21 @@ async def transition_history(api: httpx.AsyncClient, limit: int | None = None) -
     assert response.status_code == 200, response.text
     transitions: list[Any] = response.json()["transitions"]
     return transitions
+
+
+# -- the watchlist -------------------------------------------------------------------------
+
+
+async def refreshed_long_ago(state_url: str, api_key: str, symbols: Collection[str]) -> None:
+    """Record in the store at `state_url` that the watchlist of `api_key` last refreshed
+    `symbols` ten days ago, so that a service started on it refreshes them at once (it
+    would otherwise wait for the next close)."""
+    state = open_state(state_url, timeout=5)
+
+    def write(document: Any, now: float) -> tuple[dict[str, Any], None]:
+        return {"refreshed": dict.fromkeys(symbols, now - 10 * 86400)}, None
+
+    try:
+        await state.update(state_key(key_digest(SecretStr(api_key))), write)
+    finally:
+        await state.aclose()

@@ -15,6 +15,7 @@ from app.breaker import CircuitBreaker
 from app.cache import TTLCache
 from app.consumers import ConsumerLimits
 from app.errors import is_upstream_failure
+from app.freshness import Freshness
 from app.limits import Bulkhead, UpstreamLimits
 from app.passthrough import PASSTHROUGH
 from app.service import Key, Lane, StockService, Value
@@ -54,11 +55,12 @@ async def stock_service(
     quota: tuple[int, float] | None = None,
     passthrough_ttls: Mapping[str, float] | None = None,
     bulk_quotes: bool = False,
+    freshness: Freshness | None = None,
     state: MemoryState | None = None,
     max_wait: float = 0,
 ) -> AsyncIterator[StockService]:
     """One lane for every function, one memory store read on `clock` (or `state`, which
-    another "process" may share), no pacing."""
+    another "process" may share), no pacing; its quota is kept under the key "k"."""
     transport = httpx.ASGITransport(app=create_simulator())
     async with httpx.AsyncClient(transport=transport) as http:
         client = AlphaVantageClient(
@@ -81,6 +83,7 @@ async def stock_service(
             ConsumerLimits(state),
             passthrough_ttls=passthrough_ttls,
             bulk_quotes=bulk_quotes,
+            freshness=freshness,
         )
         try:
             yield service

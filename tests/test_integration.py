@@ -181,8 +181,13 @@ async def test_three_half_open_successes_close_the_breaker(start_stack: StartSta
 async def test_stale_copy_is_served_while_upstream_fails_and_breaker_is_open(
     start_stack: StartStack,
 ) -> None:
-    # A TTL of 0 makes every entry stale at once; it stays servable for an hour.
-    stack = start_stack(CACHE_TTL_SECONDS="0", CACHE_STALE_SECONDS="3600", **LONG_BREAKER_TIMEOUT)
+    # A fixed TTL of 0 makes every entry stale at once; it stays servable for an hour.
+    stack = start_stack(
+        CACHE_FRESHNESS="fixed",
+        CACHE_TTL_SECONDS="0",
+        CACHE_STALE_SECONDS="3600",
+        **LONG_BREAKER_TIMEOUT,
+    )
     async with connect(stack) as (api, sim):
         fresh = await api.get("/stock/IBM")
         assert fresh.status_code == 200, fresh.text

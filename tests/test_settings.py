@@ -82,6 +82,10 @@ def test_a_missing_or_blank_key_is_its_own_error(
         ("GATEWAY_PASSTHROUGH_TTLS", "TIME_SERIES_INTRADAY"),
         ("GATEWAY_PASSTHROUGH_TTLS", "TIME_SERIES_INTRADAY=-1"),
         ("GATEWAY_PASSTHROUGH_TTLS", "NEWS SENTIMENT=60"),
+        ("CACHE_FRESHNESS", "hourly"),
+        ("FRESHNESS_SETTLE_SECONDS", "-1"),
+        ("WATCHLIST", "IBM,^GSPC"),
+        ("WATCHLIST_RESERVE", "-1"),
     ],
 )
 def test_a_bad_value_names_its_variable(
@@ -149,3 +153,9 @@ def test_passthrough_ttls_are_normalised(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("GATEWAY_PASSTHROUGH_TTLS", " time_series_intraday=60, NEWS_SENTIMENT=300 ")
     ttls = load_settings().gateway_passthrough_ttls
     assert ttls == "TIME_SERIES_INTRADAY=60.0,NEWS_SENTIMENT=300.0"
+
+
+def test_the_watchlist_is_upper_case_and_each_symbol_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "k")
+    monkeypatch.setenv("WATCHLIST", " ibm, tsco.lon ,IBM,")
+    assert load_settings().watchlist == "IBM,TSCO.LON"

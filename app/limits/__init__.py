@@ -19,7 +19,13 @@ from app.limits._bulkhead import Bulkhead
 from app.limits._pacing import Pause, TokenBucket
 from app.limits._quota import DAY, DailyQuota, QuotaUsage
 from app.limits._state import State
-from app.limits._upstream import STORE_RETRY_AFTER, LimitsStatus, SharedState, UpstreamLimits
+from app.limits._upstream import (
+    STORE_RETRY_AFTER,
+    LimitsStatus,
+    SharedState,
+    UpstreamLimits,
+    priority_calls,
+)
 
 __all__ = [
     "DAY",
@@ -33,4 +39,5 @@ __all__ = [
     "State",
     "TokenBucket",
     "UpstreamLimits",
+    "priority_calls",
 ]

@@ -26,7 +26,8 @@ class DailyQuota:
 
     Calls are counted when they are made, so a call refused by the breaker or the bulkhead
     costs nothing. `exhaust()` records Alpha Vantage's own word that the quota is spent: its
-    counter is per key and IP, so other clients of the same key spend it too.
+    counter is per key and IP, so other clients of the same key spend it too. `hold()` keeps
+    the calls left for priority calls (a watchlist's round) for a while: others are refused.
     """
 
     def __init__(
@@ -39,21 +40,37 @@ class DailyQuota:
         self._clock = clock
         self._calls: deque[float] = deque()
         self._blocked_until = -math.inf
+        self._held = 0  # calls kept for priority calls, while the clock is before _held_until
+        self._held_until = -math.inf
 
-    def check(self) -> None:
-        """Raise Throttled if a call now would go over the quota."""
-        wait = self._wait(self._clock())
+    def check(self, priority: bool = False) -> None:
+        """Raise Throttled if a call now would go over the quota, or, unless it is a
+        `priority` call, take a call held for those."""
+        now = self._clock()
+        wait = self._wait(now)
         if wait > 0:
             raise Throttled(
                 f"the daily quota of {self.limit} calls is spent",
                 "quota",
                 retry_after_seconds(wait),
             )
+        if not priority and now < self._held_until and self.limit - len(self._calls) <= self._held:
+            raise Throttled(
+                "the daily quota's calls left are held for the watchlist's refresh",
+                "quota",
+                retry_after_seconds(self._held_until - now),
+            )
 
-    def take(self) -> None:
+    def take(self, priority: bool = False) -> None:
         """Count a call about to be made, or raise Throttled as check() does."""
-        self.check()
+        self.check(priority)
         self._calls.append(self._clock())
+        if priority and self._held > 0:
+            self._held -= 1
+
+    def hold(self, calls: int, seconds: float) -> None:
+        """Keep up to `calls` of the calls left for priority calls for `seconds` (0: none)."""
+        self._held, self._held_until = calls, self._clock() + seconds
 
     def refund(self) -> None:
         """Forget the newest counted call: it was counted but, refused further on, never made."""
@@ -96,7 +113,8 @@ class DailyQuota:
     def dump(self) -> State:
         self._expire(self._clock())
         blocked = None if self._blocked_until == -math.inf else self._blocked_until
-        return {"calls": list(self._calls), "blocked_until": blocked}
+        held = [self._held, self._held_until] if self._held_until > self._clock() else None
+        return {"calls": list(self._calls), "blocked_until": blocked, "held": held}
 
     @classmethod
     def load(
@@ -107,4 +125,6 @@ class DailyQuota:
             quota._calls.extend(state["calls"])
             if state["blocked_until"] is not None:
                 quota._blocked_until = state["blocked_until"]
+            if state.get("held") is not None:
+                quota._held, quota._held_until = state["held"]
         return quota

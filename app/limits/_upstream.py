@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -15,6 +16,19 @@ from app.limits._state import State
 
 R = TypeVar("R")
 STORE_RETRY_AFTER = 5  # seconds: a store outage is usually short, and clients should come back
+# Set where calls may take the quota's held calls (a watchlist's round): a context variable,
+# so that it reaches the calls made through StockService without a parameter at each step.
+_PRIORITY: contextvars.ContextVar[bool] = contextvars.ContextVar("priority", default=False)
+
+
+@contextmanager
+def priority_calls() -> Iterator[None]:
+    """Calls made within (and in tasks started within) may take the quota's held calls."""
+    token = _PRIORITY.set(True)
+    try:
+        yield
+    finally:
+        _PRIORITY.reset(token)
 
 
 class SharedState(Protocol):
@@ -73,7 +87,8 @@ class UpstreamLimits:
         or a pause made them wait."""
         deadline = self._clock() + self.max_wait
         if self.quota is not None:
-            await self._on_quota(DailyQuota.check)  # no use waiting for a turn it would refuse
+            # No use waiting for a turn it would refuse.
+            await self._on_quota(lambda quota: quota.check(_PRIORITY.get()))
         await self._pause_left(self.max_wait)
         async with bulkhead.slot(self.max_wait):
             pause = await self._pause_left(max(0.0, deadline - self._clock()))
@@ -89,7 +104,13 @@ class UpstreamLimits:
     async def count_call(self) -> None:
         """Count a call about to be made against the quota (Throttled if it is spent)."""
         if self.quota is not None:
-            await self._on_quota(DailyQuota.take)
+            await self._on_quota(lambda quota: quota.take(_PRIORITY.get()))
+
+    async def hold(self, calls: int, seconds: float) -> None:
+        """Keep up to `calls` of the quota's calls left for priority calls for `seconds`
+        (DailyQuota.hold); nothing while the quota is off."""
+        if self.quota is not None:
+            await self._on_quota(lambda quota: quota.hold(calls, seconds))
 
     async def limit_reached(self, period: str | None, retry_after: float) -> int:
         """The upstream answered that a limit is reached: make no call for `retry_after`

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 
 import httpx
 import pytest
 
 from app.settings import Settings
 from app.simulator import FaultMode
-from tests.conftest import make_settings
+from tests.conftest import API_KEY, make_settings
 from tests.helpers import (
     THROTTLED_CALLS,
     SimulatorControl,
     breaker_status,
     error_detail,
+    refreshed_long_ago,
     retry_after,
     scrape,
     upstream_status,
@@ -47,6 +49,7 @@ class TestPacing:
         return make_settings(
             upstream_rate_per_second=0.001,
             upstream_max_wait_seconds=0,
+            cache_freshness="fixed",
             cache_ttl_seconds=0,
             cache_stale_seconds=3600,
         )
@@ -194,3 +197,41 @@ class TestBulkhead:
         assert (await slow).status_code == 200
         assert await sim.total_calls() == 1
         assert (await scrape(api)).value(THROTTLED_CALLS, reason="bulkhead") == 1.0
+
+
+# -- the watchlist ---------------------------------------------------------------------------------
+
+
+class TestWatchlist:
+    @pytest.fixture
+    async def settings(self, tmp_path: Path) -> Settings:
+        state_url = f"sqlite:///{tmp_path}/state.db"
+        await refreshed_long_ago(state_url, API_KEY, ["IBM", "TSCO.LON"])  # due at startup
+        return make_settings(watchlist="ibm,TSCO.LON", upstream_daily_quota=25, state_url=state_url)
+
+    async def test_upstream_shows_each_symbols_last_and_next_refresh(
+        self, api: httpx.AsyncClient, sim: SimulatorControl
+    ) -> None:
+        started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+        for _ in range(100):  # the round starts with the app, and takes two calls
+            watchlist = (await upstream_status(api))["watchlist"]
+            lasts = [dt.datetime.fromisoformat(s["last_refresh"]) for s in watchlist["symbols"]]
+            if all(last > started for last in lasts):
+                break
+            await asyncio.sleep(0.05)
+        assert watchlist["functions"] == ["TIME_SERIES_DAILY"]  # a free key's
+        assert watchlist["reserve"] == 5
+        assert [s["symbol"] for s in watchlist["symbols"]] == ["IBM", "TSCO.LON"]
+        now = dt.datetime.now(dt.UTC)
+        for symbol in watchlist["symbols"]:
+            last = dt.datetime.fromisoformat(symbol["last_refresh"])
+            upcoming = dt.datetime.fromisoformat(symbol["next_refresh"])
+            assert started < last <= now  # not ten days ago
+            # After the next close: within the week, a long weekend included.
+            assert now < upcoming < now + dt.timedelta(days=5)
+        assert await sim.calls() == {"TIME_SERIES_DAILY": 2}
+        assert (await upstream_status(api))["quota"]["used"] == 2
+
+
+async def test_without_a_watchlist_upstream_shows_none(api: httpx.AsyncClient) -> None:
+    assert (await upstream_status(api))["watchlist"] is None
