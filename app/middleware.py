@@ -31,6 +31,8 @@ _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 # Probes and scrapes arrive every few seconds; at INFO they would drown the requests.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 ENCODED_SLASH = b"%2f"
+CONTENT_TYPE = b"content-type"
+EVENT_STREAM = b"text/event-stream"
 NOT_FOUND = JSONResponse({"detail": "Not Found"}, status_code=404)
 INTERNAL_ERROR = JSONResponse({"detail": "internal server error"}, status_code=500)
 
@@ -52,12 +54,15 @@ class RequestContextMiddleware:
         header = (REQUEST_ID_HEADER, rid.encode())
         status = 0
         started = time.perf_counter()
+        stream_began: float | None = None
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, stream_began
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", ()), header]
+                if any(n == CONTENT_TYPE and v.startswith(EVENT_STREAM) for n, v in headers):
+                    stream_began = time.perf_counter()
                 if status >= 400 and not any(name == CACHE_CONTROL for name, _ in headers):
                     headers.append((CACHE_CONTROL, NO_STORE))  # an error is never reused
                 message["headers"] = headers
@@ -81,7 +86,10 @@ class RequestContextMiddleware:
                 scope["path"] if scope["path"] in self.static_routes else UNMATCHED_ROUTE
             )
             method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
-            self.metrics.observe_http(route, method, status or 500, seconds)
+            # An event stream's latency is the wait for it to begin: its whole life (minutes,
+            # as long as the client stays) would swamp the route's latency histogram.
+            latency = seconds if stream_began is None else stream_began - started
+            self.metrics.observe_http(route, method, status or 500, latency)
             log_request(
                 logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
                 method,

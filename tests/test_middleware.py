@@ -4,11 +4,15 @@ slashes, and the HTTP metrics by route template."""
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
+from app import middleware
+from app.metrics import Metrics
 from app.simulator import FaultMode
 from tests.conftest import serve
 from tests.helpers import HTTP_REQUESTS, SimulatorControl, error_detail, scrape
@@ -124,3 +128,41 @@ async def test_http_requests_are_labelled_by_route_template_only(api: httpx.Asyn
     values = metrics.label_values()
     assert not [value for value in values if "IBM" in value or "nowhere" in value]
     assert "IBM" not in metrics.text
+
+
+# -- latency of event streams ------------------------------------------------------------------
+
+
+class RecordedLatency:
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+@pytest.mark.parametrize(
+    ("media_type", "observed"), [("text/event-stream", 1.0), ("text/plain", 101.0)]
+)
+async def test_an_event_streams_latency_is_the_wait_for_it_to_begin(
+    monkeypatch: pytest.MonkeyPatch, media_type: str, observed: float
+) -> None:
+    """A stream that begins after a second and lasts a hundred more is observed as a second;
+    any other answer, as its whole time."""
+    now = [0.0]
+    monkeypatch.setattr(middleware.time, "perf_counter", lambda: now[0])
+
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        now[0] += 1
+        headers = [(b"content-type", f"{media_type}; charset=utf-8".encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        now[0] += 100
+        await send({"type": "http.response.body", "body": b"data: 1\n\n"})
+
+    latency = RecordedLatency()
+    app = middleware.RequestContextMiddleware(
+        streaming, metrics=cast(Metrics, latency), static_routes=frozenset()
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+        assert (await client.get("http://test/events")).status_code == 200
+    assert latency.seconds == [observed]
