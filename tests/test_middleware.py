@@ -150,7 +150,7 @@ async def test_an_event_streams_latency_is_the_wait_for_it_to_begin(
     """A stream that begins after a second and lasts a hundred more is observed as a second;
     any other answer, as its whole time."""
     now = [0.0]
-    monkeypatch.setattr(middleware.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr("app.middleware.time.perf_counter", lambda: now[0])
 
     async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
         now[0] += 1
