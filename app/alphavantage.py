@@ -4,6 +4,8 @@ Alpha Vantage answers nearly every failure with HTTP 200 and a JSON message, and
 ("Information", "Note", "Error Message") has carried rate limits, premium gates and key errors
 over the years, so messages are classified by what they say, never by which key holds them.
 Upstream text is never passed on: rate-limit messages quote the API key.
+
+Over 300 lines: every function's parser shares that classification, which is the bulk of it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Prometheus metrics, one registry per app so that tests and apps never share series.
 
+Over 300 lines: it is the one adapter of every events protocol the core reports through
+(service, breakers, limits, store, event stream), and each would need the registry and the
+multiprocess handling again if split out.
+
 Under `python -m app --workers N` (PROMETHEUS_MULTIPROC_DIR set before prometheus_client is
 imported) every worker writes its counters, histograms and the in-flight gauge to files in
 that directory, and a scrape answered by any worker sums the group's files; the gauges
