@@ -40,7 +40,7 @@ class HitFastPath:
             return
         authorization, if_none_match = "", []
         for name, value in scope["headers"]:
-            if name == AUTHORIZATION:
+            if name == AUTHORIZATION and not authorization:  # the first, as the route reads
                 authorization = value.decode("latin-1")
             elif name == IF_NONE_MATCH:
                 if_none_match.append(value.decode("latin-1"))

@@ -108,10 +108,13 @@ class TransitionRecorder(Listener):
                 await self._log.append(entries)
             except StoreUnavailable as exc:
                 logger.warning("%d breaker transition(s) not recorded: %s", len(entries), exc)
+            except Exception:  # a later flush must not raise it again (a 500 on every read)
+                logger.exception("%d breaker transition(s) not recorded", len(entries))
             else:
                 self._on_written()
 
     async def flush(self) -> None:
         """Finish the writes under way (each bounded by the store's timeout)."""
         if self._writer is not None:
-            await self._writer
+            # Shielded: a reader that goes away must not cancel the writes others wait for.
+            await asyncio.shield(self._writer)

@@ -49,6 +49,9 @@ def make_settings(**overrides: object) -> Settings:
         "alphavantage_base_url": "http://simulator/query",
         "admin_token": ADMIN_TOKEN,
         "state_url": "memory://",  # in-process: nothing shared, no file left behind
+        # Market freshness would make every TTL depend on when the suite runs (the wall
+        # clock's sessions); tests/test_freshness.py drives it on a fake clock instead.
+        "cache_freshness": "fixed",
         # As `python -m app` runs against the simulator: pacing and the daily quota off.
         **{name.lower(): value for name, value in SIMULATOR_DEFAULTS.items()},
     }

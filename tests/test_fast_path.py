@@ -213,6 +213,9 @@ async def test_tokens_are_checked_and_a_revoked_one_is_refused(
         error_detail(refused, 401)
         assert refused.headers["www-authenticate"] == "Bearer"
         assert refused.headers["cache-control"] == "no-store"
+    # Two Authorization headers: the first decides, on the fast path as on the route.
+    twice = [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {token}")]
+    error_detail(await api.get(PATH, headers=twice), 401)
     assert await consumers.revoke("alice")
     error_detail(await api.get(PATH, headers=alice), 401)
     assert route_calls.count == 2  # refused on the way: no answer from the route either

@@ -88,7 +88,7 @@ class TestStaleServing:
 
     @pytest.fixture
     def settings(self) -> Settings:
-        return make_settings(cache_freshness="fixed", cache_ttl_seconds=0, cache_stale_seconds=3600)
+        return make_settings(cache_ttl_seconds=0, cache_stale_seconds=3600)
 
     async def test_expired_copy_is_refetched_while_upstream_is_healthy(
         self, api: httpx.AsyncClient, sim: SimulatorControl

@@ -85,7 +85,10 @@ async def quotes(symbols: Symbols, request: Request, format: FormatParam = None)
         detail = details[0] if len(details) == 1 else f"every symbol failed: {'; '.join(details)}"
         headers = {"Retry-After": str(retry_after)} if retry_after else None
         raise HTTPException(failed[0].status, detail, headers=headers)
+    # A mix of copies of every age and failures, with no tag to revalidate: never reused.
     if (format or negotiate(request.headers.get("accept"))) == "csv":
-        return csv_response(quotes_csv(results), "quotes.csv")
+        response = csv_response(quotes_csv(results), "quotes.csv")
+        response.raw_headers.append((b"cache-control", b"no-store"))
+        return response
     body = QuotesAnswer(quotes=results, failed=len(failed)).model_dump_json()
-    return Response(body, media_type=JSON, headers=VARY)
+    return Response(body, media_type=JSON, headers={**VARY, "Cache-Control": "no-store"})

@@ -115,7 +115,7 @@ async def test_a_budget_counts_upstream_calls_and_hits_are_free(
     assert bob not in metrics.text
 
 
-@pytest.mark.parametrize("settings", [make_settings(cache_freshness="fixed", cache_ttl_seconds=0)])
+@pytest.mark.parametrize("settings", [make_settings(cache_ttl_seconds=0)])
 async def test_past_its_budget_stale_copies_are_served(
     app: FastAPI, api: httpx.AsyncClient
 ) -> None:

@@ -49,7 +49,6 @@ class TestPacing:
         return make_settings(
             upstream_rate_per_second=0.001,
             upstream_max_wait_seconds=0,
-            cache_freshness="fixed",
             cache_ttl_seconds=0,
             cache_stale_seconds=3600,
         )
