@@ -20,7 +20,7 @@ from app.errors import (
     UpstreamTimeout,
     retry_after_seconds,
 )
-from app.routes.stock import SYMBOL_RULE
+from app.symbols import SYMBOL_RULE
 
 
 def add_error_handlers(app: FastAPI) -> None:

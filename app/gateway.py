@@ -14,7 +14,6 @@ byte for byte; its messages are mapped as the built-in functions' are.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,16 +30,14 @@ from app.errors import (
     retry_after_seconds,
 )
 from app.passthrough import FUNCTION_NAME, MAX_QUERY_LENGTH, query_length
-from app.routes.stock import SYMBOL_PATTERN
 from app.service import Served, StockService
 from app.settings import ALL_FUNCTIONS
+from app.symbols import is_symbol
 
 JSON = JSON_MEDIA_TYPE
 # Alpha Vantage sends CSV as a download: clients save or parse it whatever the type says.
 CSV = CSV_MEDIA_TYPE
 DOCS_URL = "https://www.alphavantage.co/documentation/"
-SYMBOL = re.compile(SYMBOL_PATTERN)
-MAX_SYMBOL_LENGTH = 20
 DATATYPES = ("json", "csv")
 MAX_KEYWORDS_LENGTH = 64
 
@@ -169,7 +166,7 @@ async def answer(
         if function == SEARCH:
             return await search(service, params.get("keywords", ""), datatype, consumer)
         symbol = params.get("symbol", "").upper()
-        if len(symbol) > MAX_SYMBOL_LENGTH or SYMBOL.fullmatch(symbol) is None:
+        if not is_symbol(symbol):
             return invalid_call(function)  # never sent upstream
         if function == DAILY:
             outputsize = params.get("outputsize", "compact")

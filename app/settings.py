@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -11,15 +10,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.passthrough import FUNCTION_NAME, parse_ttls
 from app.state import check_state_url
+from app.symbols import SYMBOL_RULE, is_symbol
 
 ALPHAVANTAGE_URL = "https://www.alphavantage.co/query"
 # GATEWAY_FUNCTIONS's value for every function: the three GET /query (app/gateway.py) builds
 # answers for, and pass-through of any other.
 ALL_FUNCTIONS = "*"
-
-# What GET /stock/{symbol} accepts (app/routes/stock.py, which imports this module).
-WATCHED_SYMBOL = re.compile(r"[A-Z0-9]+(?:[.-][A-Z0-9]+)*")
-SYMBOL_RULE = "a symbol is letters or digits, in groups joined by single '.' or '-'"
 
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -153,9 +149,9 @@ class Settings(StoreSettings):
     @classmethod
     def _watchlist_symbols(cls, value: str) -> str:
         symbols = [symbol.strip().upper() for symbol in value.split(",") if symbol.strip()]
-        malformed = sorted(s for s in set(symbols) if WATCHED_SYMBOL.fullmatch(s) is None)
+        malformed = sorted(s for s in set(symbols) if not is_symbol(s))
         if malformed:
-            raise ValueError(f"{', '.join(malformed)}: {SYMBOL_RULE}")
+            raise ValueError(f"{', '.join(malformed)}: each {SYMBOL_RULE}")
         return ",".join(dict.fromkeys(symbols))
 
     @field_validator("gateway_passthrough_ttls")
@@ -174,6 +170,17 @@ class Settings(StoreSettings):
                 f"BREAKER_MINIMUM_CALLS ({self.breaker_minimum_calls}) exceeds "
                 f"BREAKER_WINDOW_SIZE ({self.breaker_window_size}): a count window that small "
                 "never holds enough calls to open"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _watchlist_needs_market_freshness(self) -> Settings:
+        if self.watchlist and self.cache_freshness == "fixed":
+            # A fixed TTL can outlast a close: a round would take a copy fetched before it
+            # for the new bar, and the symbol would wait a day for it.
+            raise ValueError(
+                "WATCHLIST needs CACHE_FRESHNESS=market: under a fixed TTL a copy fetched "
+                "before a close still looks fresh after it"
             )
         return self
 

@@ -161,8 +161,12 @@ class Watchlist:
             held = needed if share is None else min(needed, share)
             await self._hold(held, RETRY_SECONDS)
             try:
-                with priority_calls():
-                    fresh = await self._refresh_one(symbol)
+                with priority_calls() as calls:
+                    try:
+                        fresh = await self._refresh_one(symbol)
+                    finally:
+                        # Every call the quota counted is in its share, failed ones too.
+                        await self._count_calls(calls.made)
             except UnknownSymbol:
                 logger.warning("watchlist symbol unknown upstream", extra={"symbol": symbol})
                 fresh = True  # asked again after the next close, not at every look
@@ -184,14 +188,10 @@ class Watchlist:
         return None
 
     async def _refresh_one(self, symbol: str) -> bool:
-        """Whether `symbol` is fresh now (not a stale copy standing in for a failure); its
-        calls upstream are counted in the watchlist's share."""
+        """Whether `symbol` is fresh now (not a stale copy standing in for a failure)."""
         for function in self.functions:
             fetch = self._service.daily if function == DAILY else self._service.quote
-            source = (await fetch(symbol)).source
-            if source == "upstream":
-                await self._count_call()
-            if source == "stale":
+            if (await fetch(symbol)).source == "stale":
                 return False
         return True
 
@@ -254,8 +254,9 @@ class Watchlist:
     async def _mark_refreshed(self, symbol: str) -> None:
         await self._change(lambda ledger, at: ledger.refreshed.update({symbol: at}))
 
-    async def _count_call(self) -> None:
-        await self._change(lambda ledger, at: ledger.calls.append(at))
+    async def _count_calls(self, made: int) -> None:
+        if made:
+            await self._change(lambda ledger, at: ledger.calls.extend([at] * made))
 
     async def _change(self, change: Callable[[Ledger, float], Any]) -> None:
         at = self._clock()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import httpx
 from pydantic import SecretStr
+from starlette.applications import Starlette
 
 from app.alphavantage import FUNCTIONS, AlphaVantageClient
 from app.breaker import CircuitBreaker
@@ -58,10 +59,12 @@ async def stock_service(
     freshness: Freshness | None = None,
     state: MemoryState | None = None,
     max_wait: float = 0,
+    simulator: Starlette | None = None,
 ) -> AsyncIterator[StockService]:
     """One lane for every function, one memory store read on `clock` (or `state`, which
-    another "process" may share), no pacing; its quota is kept under the key "k"."""
-    transport = httpx.ASGITransport(app=create_simulator())
+    another "process" may share), no pacing; its quota is kept under the key "k". Upstream is
+    `simulator`, whose faults a test may set, or a simulator of its own."""
+    transport = httpx.ASGITransport(app=simulator or create_simulator())
     async with httpx.AsyncClient(transport=transport) as http:
         client = AlphaVantageClient(
             http, api_key=SecretStr("k"), base_url="http://simulator/query", timeout=5

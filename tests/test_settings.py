@@ -136,6 +136,19 @@ def test_a_count_window_smaller_than_the_minimum_is_refused(
     assert load_settings().breaker_window_size == 5
 
 
+def test_a_watchlist_under_a_fixed_ttl_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "k")
+    monkeypatch.setenv("WATCHLIST", "IBM")
+    monkeypatch.setenv("CACHE_FRESHNESS", "fixed")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith(
+        "invalid configuration: WATCHLIST needs CACHE_FRESHNESS=market"
+    )
+    monkeypatch.setenv("CACHE_FRESHNESS", "market")
+    assert load_settings().watchlist == "IBM"
+
+
 def test_gateway_functions_are_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "k")
     assert load_settings().gateway_functions == "*"  # the three, and pass-through of others

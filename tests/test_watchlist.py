@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 import pytest
 
 from app.alphavantage import DAILY, QUOTE
@@ -14,8 +15,9 @@ from app.errors import Throttled
 from app.freshness import MarketFreshness, Plan
 from app.limits import DAY, UpstreamLimits
 from app.market_hours import MarketHours
+from app.simulator import create_simulator
 from app.state import MemoryState
-from app.watchlist import Watchlist
+from app.watchlist import RETRY_SECONDS, Watchlist
 from tests.conftest import FakeClock
 from tests.stock_service import RecordedEvents, stock_service
 from tests.test_freshness import LONDON, NEW_YORK, at
@@ -27,6 +29,7 @@ SYMBOLS = ("IBM", "MSFT", "TSCO.LON")
 
 class Setup:
     def __init__(self, start: float, quota: int) -> None:
+        self.simulator = create_simulator()
         self.clock = FakeClock(start)
         self.state = MemoryState(self.clock)
         self.events = RecordedEvents()
@@ -42,7 +45,7 @@ class Setup:
     ) -> AsyncIterator[list[Watchlist]]:
         """`count` watchlists of SYMBOLS on one service and one store."""
         async with stock_service(
-            self.events, self.clock, quota=self.quota, state=self.state
+            self.events, self.clock, quota=self.quota, state=self.state, simulator=self.simulator
         ) as service:
             limits = UpstreamLimits(
                 self.state, key="k", pacing=None, quota=self.quota, max_wait=0, clock=self.clock
@@ -143,6 +146,28 @@ async def test_the_reserve_is_never_spent() -> None:
         assert refreshed == ["IBM", "MSFT"]
         assert await watchlist.refresh_due() == DAY
         assert len(setup.calls()) == 2
+
+
+async def test_failed_calls_count_in_its_share_and_the_reserve_is_kept() -> None:
+    setup = Setup(at(NEW_YORK, 11, 24, 8), quota=4)
+    transport = httpx.ASGITransport(app=setup.simulator)
+    async with httpx.AsyncClient(transport=transport, base_url="http://simulator") as sim:
+        await sim.post("/_faults", json={"mode": "http_500"})
+    async with setup.watchlists(reserve=2) as (watchlist,):
+        setup.clock.now = at(NEW_YORK, 11, 24, 17)
+        for _ in range(4):  # a failed round is tried again every RETRY_SECONDS
+            await watchlist.refresh_due()
+            setup.clock.advance(RETRY_SECONDS)
+        assert setup.calls() == [(DAILY, "bad_response")] * 2  # its share: 4 - 2
+        usage = (await watchlist_limits(setup).status()).quota
+        assert usage is not None
+        assert usage.remaining == 2  # the reserve, for misses
+
+
+def watchlist_limits(setup: Setup) -> UpstreamLimits:
+    return UpstreamLimits(
+        setup.state, key="k", pacing=None, quota=setup.quota, max_wait=0, clock=setup.clock
+    )
 
 
 async def test_a_premium_key_refreshes_quotes_too() -> None:

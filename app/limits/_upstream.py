@@ -18,15 +18,24 @@ R = TypeVar("R")
 STORE_RETRY_AFTER = 5  # seconds: a store outage is usually short, and clients should come back
 # Set where calls may take the quota's held calls (a watchlist's round): a context variable,
 # so that it reaches the calls made through StockService without a parameter at each step.
-_PRIORITY: contextvars.ContextVar[bool] = contextvars.ContextVar("priority", default=False)
+_PRIORITY: contextvars.ContextVar[PriorityCalls | None] = contextvars.ContextVar(
+    "priority", default=None
+)
+
+
+@dataclass(slots=True)
+class PriorityCalls:
+    made: int = 0  # calls counted against the quota, whatever their outcome
 
 
 @contextmanager
-def priority_calls() -> Iterator[None]:
-    """Calls made within (and in tasks started within) may take the quota's held calls."""
-    token = _PRIORITY.set(True)
+def priority_calls() -> Iterator[PriorityCalls]:
+    """Calls made within (and in tasks started within) may take the quota's held calls; the
+    value yielded counts them."""
+    calls = PriorityCalls()
+    token = _PRIORITY.set(calls)
     try:
-        yield
+        yield calls
     finally:
         _PRIORITY.reset(token)
 
@@ -88,7 +97,7 @@ class UpstreamLimits:
         deadline = self._clock() + self.max_wait
         if self.quota is not None:
             # No use waiting for a turn it would refuse.
-            await self._on_quota(lambda quota: quota.check(_PRIORITY.get()))
+            await self._on_quota(lambda quota: quota.check(_PRIORITY.get() is not None))
         await self._pause_left(self.max_wait)
         async with bulkhead.slot(self.max_wait):
             pause = await self._pause_left(max(0.0, deadline - self._clock()))
@@ -104,7 +113,10 @@ class UpstreamLimits:
     async def count_call(self) -> None:
         """Count a call about to be made against the quota (Throttled if it is spent)."""
         if self.quota is not None:
-            await self._on_quota(lambda quota: quota.take(_PRIORITY.get()))
+            priority = _PRIORITY.get()
+            await self._on_quota(lambda quota: quota.take(priority is not None))
+            if priority is not None:
+                priority.made += 1
 
     async def hold(self, calls: int, seconds: float) -> None:
         """Keep up to `calls` of the quota's calls left for priority calls for `seconds`

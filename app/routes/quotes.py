@@ -3,7 +3,6 @@ answer it."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -16,17 +15,14 @@ from app.rendering import JSON, negotiate, quotes_csv
 from app.routes.stock import (
     CSV_CONTENT,
     ERRORS,
-    SYMBOL_PATTERN,
-    SYMBOL_RULE,
     VARY,
     FormatParam,
     csv_response,
 )
 from app.service import QuoteOutcome, Served
+from app.symbols import SYMBOL_MAX_LENGTH, SYMBOL_RULE, is_symbol
 
 router = APIRouter(tags=["stock"])
-SYMBOL = re.compile(SYMBOL_PATTERN)
-MAX_SYMBOL_LENGTH = 20
 MAX_SYMBOLS = BULK_MAX_SYMBOLS  # what one bulk call takes
 SHOWN_BAD_SYMBOLS = 5  # a detail names this many at most, each cut to the longest valid length
 
@@ -42,9 +38,9 @@ Symbols = Annotated[
 def parse_symbols(symbols: str) -> list[str]:
     """The distinct upper-case symbols of `symbols`, in their order; 422 naming the bad ones."""
     names = [name.strip() for name in symbols.split(",") if name.strip()]
-    bad = [n for n in names if len(n) > MAX_SYMBOL_LENGTH or SYMBOL.fullmatch(n) is None]
+    bad = [n for n in names if not is_symbol(n)]
     if bad:
-        shown = ", ".join(repr(name[: MAX_SYMBOL_LENGTH + 1]) for name in bad[:SHOWN_BAD_SYMBOLS])
+        shown = ", ".join(repr(name[: SYMBOL_MAX_LENGTH + 1]) for name in bad[:SHOWN_BAD_SYMBOLS])
         more = f" and {len(bad) - SHOWN_BAD_SYMBOLS} more" if len(bad) > SHOWN_BAD_SYMBOLS else ""
         raise HTTPException(422, f"symbols: {shown}{more}: each {SYMBOL_RULE}")
     distinct = list(dict.fromkeys(name.upper() for name in names))

@@ -13,18 +13,16 @@ from app.models import DailyPrices, DailySeries, ErrorBody, Quote, QuoteAnswer
 from app.rendering import CSV, JSON, Format, Rendered, negotiate
 from app.resources import Resources
 from app.service import Served
+from app.symbols import SYMBOL_MAX_LENGTH, SYMBOL_PATTERN
 
 router = APIRouter(tags=["stock"])
 
-# Letters and digits in groups joined by single dots or dashes: IBM, BRK.B, RDS-A, 600104.SHH.
-SYMBOL_PATTERN = r"^[A-Za-z0-9]+(?:[.-][A-Za-z0-9]+)*$"
-SYMBOL_RULE = "must be 1 to 20 letters or digits, in groups joined by single '.' or '-'"
 
 Symbol = Annotated[
     str,
     Path(
         min_length=1,
-        max_length=20,
+        max_length=SYMBOL_MAX_LENGTH,
         pattern=SYMBOL_PATTERN,
         description="Ticker, case-insensitive: IBM, BRK.B, RDS-A, TSCO.LON, 600104.SHH",
     ),
