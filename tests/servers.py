@@ -211,6 +211,9 @@ class ServerPool:
         variables = {
             "ALPHAVANTAGE_BASE_URL": f"{simulator.url}/query",
             **SIMULATOR_DEFAULTS,  # as `python -m app` has it; a test may turn them on
+            # TTLs that do not hang on when the suite runs (market hours): a test that is
+            # about market freshness or a watchlist turns it on.
+            "CACHE_FRESHNESS": "fixed",
             # The default store, in a file of its own: services share state only when a
             # test names the same STATE_URL for them.
             "STATE_URL": self._state_url(),

@@ -45,6 +45,7 @@ async def test_two_processes_refresh_the_watchlist_once_between_them(
             "ALPHAVANTAGE_API_KEY": API_KEY,
             "STATE_URL": shared_state_url,
             "WATCHLIST": ",".join(WATCHLIST),
+            "CACHE_FRESHNESS": "market",
             "SHUTDOWN_DRAIN_SECONDS": "0",
         }
         started = dt.datetime.now(dt.UTC)
