@@ -46,6 +46,7 @@ from app.errors import (
     UpstreamError,
     UpstreamFailure,
 )
+from app.exchanges import US, exchange_of
 from app.freshness import Freshness
 from app.limits import Bulkhead, UpstreamLimits
 from app.models import DailySeries, Quote, RawAnswer, Source, SymbolMatches
@@ -449,7 +450,9 @@ class StockService:
                 await self._consumer_limits.check(consumer)
         except FAILURES:
             return set()
-        keys = [(QUOTE, symbol) for symbol in symbols]
+        # REALTIME_BULK_QUOTES quotes US listings only: the others each get a GLOBAL_QUOTE
+        # rather than an answer that leaves them out (which would read as unknown).
+        keys = [(QUOTE, symbol) for symbol in symbols if exchange_of(symbol) == US]
         misses = [key for key in keys if key not in self._flights and not self._fresh_here(key)]
         if len(misses) < 2:
             return set()

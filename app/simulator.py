@@ -55,6 +55,8 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from app.exchanges import US, exchange_of
+
 COMPACT_DAYS = 100
 BULK_MAX_SYMBOLS = 100
 DEFAULT_DELAY_SECONDS = 2.0
@@ -276,13 +278,13 @@ def _global_quote(symbol: str, today: dt.date) -> dict[str, Any]:
 
 
 def _bulk_quotes(symbols: str, today: dt.date) -> dict[str, Any]:
-    """REALTIME_BULK_QUOTES as a premium key gets it: one entry per known symbol (unknown ones
+    """REALTIME_BULK_QUOTES as a premium key gets it: one entry per known US listing (others
     left out), the newest daily bar as of the close, numbers as strings without padding."""
     wanted = list(dict.fromkeys(s.strip().upper() for s in symbols.split(",") if s.strip()))
     if not 1 <= len(wanted) <= BULK_MAX_SYMBOLS:
         return _invalid_call("REALTIME_BULK_QUOTES")
     data = []
-    for symbol in filter(_known, wanted):
+    for symbol in (s for s in wanted if _known(s) and exchange_of(s) == US):
         quote = _global_quote(symbol, today)["Global Quote"]
         close, previous = float(quote["05. price"]), float(quote["08. previous close"])
         data.append(

@@ -201,15 +201,15 @@ async def test_premium_misses_share_one_bulk_call_and_land_in_the_cache(
         "MSFT": "upstream",
         "AAPL": "upstream",
         "ZZNOPE": 404,  # left out of the bulk answer
-        "TSCO.LON": "upstream",
+        "TSCO.LON": "upstream",  # not a US listing: a GLOBAL_QUOTE of its own
     }
-    assert await sim.calls() == {"GLOBAL_QUOTE": 1, BULK: 1}
+    assert await sim.calls() == {"GLOBAL_QUOTE": 2, BULK: 1}
     # Stored as GLOBAL_QUOTE's answers are: the quote endpoint now hits them.
     for symbol in ("MSFT", "AAPL", "TSCO.LON"):
         single = (await premium.get(f"/stock/{symbol}/quote")).json()
         bulk = next(r["quote"] for r in results if r["symbol"] == symbol)
         assert single == {**bulk, "source": "cache"}
-    assert await sim.calls() == {"GLOBAL_QUOTE": 1, BULK: 1}
+    assert await sim.calls() == {"GLOBAL_QUOTE": 2, BULK: 1}
     # ... and they are the figures GLOBAL_QUOTE gives.
     assert {k: v for k, v in free.items() if k != "source"} == {
         k: v for k, v in results[0]["quote"].items() if k != "source"
