@@ -8,7 +8,9 @@ its symbol's exchange (CACHE_FRESHNESS=market), instead of one fixed TTL.
   after a close, while the closing prints land), and until the next open otherwise. On a
   free key Alpha Vantage updates GLOBAL_QUOTE once a day, at the close: there it follows the
   daily series's rule.
-- Other functions, and symbols whose exchange has no calendar, keep the fixed TTL.
+- Other functions, and symbols whose exchange has no calendar, keep the fixed TTL; so does
+  an exchange whose calendar is still being built, in a worker thread (app/market_hours.py),
+  until it is.
 """
 
 from __future__ import annotations
@@ -58,11 +60,12 @@ class MarketFreshness:
             return self._quote_fresh_for(symbol, fetched_at)
         return None
 
-    def next_bar(self, symbol: str, after: float) -> float | None:
+    def next_bar(self, symbol: str, after: float, *, wait: bool = False) -> float | None:
         """When Alpha Vantage can have `symbol`'s first daily bar newer than what it had at
         `after` (UNIX seconds): a session's close plus the settle delay. None if the
-        exchange has no calendar."""
-        sessions = self._sessions(symbol, after)
+        exchange has no calendar, or, unless `wait` (blocking: not on the event loop), while
+        it is being built."""
+        sessions = self._sessions(symbol, after, wait=wait)
         # A close less than the settle delay ago: that session's bar is not out yet.
         close = None if sessions is None else sessions.close_after(after - self._settle)
         return None if close is None else close + self._settle
@@ -77,6 +80,10 @@ class MarketFreshness:
         opens = sessions.open_after(at)
         return None if opens is None else opens - at
 
-    def _sessions(self, symbol: str, at: float) -> Sessions | None:
+    def _sessions(self, symbol: str, at: float, *, wait: bool = False) -> Sessions | None:
         exchange = exchange_of(symbol)
-        return None if exchange is None else self._hours.sessions(exchange, at)
+        if exchange is None:
+            return None
+        if wait:
+            return self._hours.wait_for_sessions(exchange, at)
+        return self._hours.sessions(exchange, at)

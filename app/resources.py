@@ -18,6 +18,7 @@ from app.cache import TTLCache
 from app.consumers import ConsumerLimits, ConsumerRegistry
 from app.errors import is_upstream_failure
 from app.event_stream import CallCounts, EventHub
+from app.exchanges import US
 from app.freshness import MarketFreshness
 from app.hits import HitTable
 from app.limits import DAY, Bulkhead, UpstreamLimits
@@ -148,7 +149,10 @@ def build_resources(
         lease_seconds=call_lease,
     )
     consumer_limits = ConsumerLimits(state)
-    hours = MarketHours()  # no calendar is built, nor the library imported, before first use
+    hours = MarketHours()
+    if settings.cache_freshness == "market":
+        # Most symbols are American: their calendar is built in the background from now on.
+        hours.prepare(US, time.time())
     service = StockService(
         client,
         lanes,

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from app.alphavantage import DAILY, QUOTE
 from app.breaker import CircuitOpenError
@@ -65,9 +65,14 @@ class Ledger:
     calls: list[float]  # its upstream calls, within the quota's window
 
 
+class NextBar(Protocol):
+    """MarketFreshness.next_bar: None for no calendar, or, unless `wait`, one not built yet."""
+
+    def __call__(self, symbol: str, after: float, *, wait: bool = False) -> float | None: ...
+
+
 class Watchlist:
-    """`next_bar(symbol, after)`: when a bar newer than `after` can exist (None: the exchange
-    has no calendar, and the symbol is refreshed a day after the last time)."""
+    """`next_bar`: when a symbol's next bar can exist (None: a day after its last refresh)."""
 
     def __init__(
         self,
@@ -77,7 +82,7 @@ class Watchlist:
         store: CacheStore,
         *,
         key: str,
-        next_bar: Callable[[str, float], float | None],
+        next_bar: NextBar,
         reserve: int,
         plan: Plan,
         lease_seconds: float,
@@ -103,9 +108,8 @@ class Watchlist:
 
     async def run(self) -> None:
         """Refresh what is due, then sleep until more is, until cancelled."""
-        # The symbols' calendars, built off the event loop: importing the library and
-        # building a calendar take about a second (app/market_hours.py).
-        await asyncio.to_thread(lambda: [self._next_bar(s, self._started) for s in self.symbols])
+        for symbol in self.symbols:  # its calendar, waited for off the loop (about a second)
+            await asyncio.to_thread(self._next_bar, symbol, self._started, wait=True)
         while True:
             try:
                 wait = await self.refresh_due()

@@ -167,13 +167,15 @@ def build_replica(
 
 def latest_bar(now: float) -> float:
     """When the newest daily bar Alpha Vantage had at `now` was published (US symbols)."""
-    sessions = HOURS.sessions(US, now)
+    sessions = HOURS.wait_for_sessions(US, now)
     close = None if sessions is None else sessions.close_before(now - SETTLE)
     assert close is not None, "the week lies within the calendar"
     return close + SETTLE
 
 
 def market_freshness(clock: FakeClock) -> MarketFreshness:
+    # Built before the run, as a server's is soon after it starts: until then, the fixed TTL.
+    HOURS.wait_for_sessions(US, clock.now)
     return MarketFreshness(HOURS, settle=SETTLE, plan="free", clock=clock)
 
 

@@ -1,10 +1,12 @@
 """Market-hours freshness (app/freshness.py) on a fake clock, with exchange_calendars' real
 sessions: a weekend, US holidays, a half day, London's and Shanghai's hours, an exchange with
-no calendar, and a StockService that keeps a series over a weekend without a call."""
+no calendar, the fixed TTL while a calendar is being built, and a StockService that keeps a
+series over a weekend without a call."""
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,7 +15,7 @@ from app.alphavantage import DAILY, QUOTE, SEARCH
 from app.errors import Throttled
 from app.exchanges import exchange_of
 from app.freshness import MarketFreshness, Plan
-from app.market_hours import MarketHours
+from app.market_hours import MarketHours, Sessions, build_sessions
 from app.resources import freshness_policy
 from tests.conftest import FakeClock, make_settings
 from tests.stock_service import STALE, RecordedEvents, stock_service
@@ -27,6 +29,18 @@ HOURS = MarketHours()  # one for the module: each calendar is built once
 
 def at(zone: ZoneInfo, month: int, day: int, hour: int, minute: int = 0, year: int = 2026) -> float:
     return dt.datetime(year, month, day, hour, minute, tzinfo=zone).timestamp()
+
+
+@pytest.fixture(autouse=True)
+def calendars() -> None:
+    build_calendars(HOURS)
+
+
+def build_calendars(hours: MarketHours) -> None:
+    """Build `hours`'s tables of the exchanges the tests ask about, for the fake clocks' dates
+    (July 2026 to May 2027), waiting for them: fresh_for answers the fixed TTL until then."""
+    for exchange in ("XNYS", "XLON", "XSHG"):
+        hours.wait_for_sessions(exchange, at(NEW_YORK, 6, 15, 12))
 
 
 def expiry(
@@ -123,7 +137,55 @@ def test_an_exchange_without_a_calendar_keeps_the_fixed_ttl(function: str) -> No
 
 def test_a_calendar_past_its_recorded_holidays_keeps_the_fixed_ttl() -> None:
     # exchange_calendars records Shanghai's holidays by hand, a year or so ahead at most.
-    assert expiry(DAILY, "600104.SHH", at(SHANGHAI, 6, 1, 10, year=2031)) is None
+    fetched = at(SHANGHAI, 6, 1, 10, year=2031)
+    hours = MarketHours()
+    assert hours.wait_for_sessions("XSHG", fetched) is not None
+    policy = MarketFreshness(hours, settle=SETTLE, plan="free", clock=FakeClock(fetched))
+    assert policy.fresh_for(DAILY, "600104.SHH") is None
+
+
+class HeldBuild:
+    """build_sessions, held until `release` is set; `exchanges` are those it was asked for."""
+
+    def __init__(self) -> None:
+        self.exchanges: list[str] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, exchange: str, at: float) -> Sessions | None:
+        self.exchanges.append(exchange)
+        self.started.set()
+        # Bounded only so that a fresh_for that waited for the build fails instead of hanging.
+        self.release.wait(timeout=10)
+        return build_sessions(exchange, at)
+
+
+def test_until_its_calendar_is_built_an_exchange_keeps_the_fixed_ttl() -> None:
+    build = HeldBuild()
+    hours = MarketHours(build)
+    fetched = at(NEW_YORK, 11, 20, 17)
+    policy = MarketFreshness(hours, settle=SETTLE, plan="free", clock=FakeClock(fetched))
+    try:
+        assert policy.fresh_for(DAILY, "IBM") is None  # at once, and the build starts
+        assert build.started.wait(timeout=10)
+        # The build in progress holds up no caller, and is not started twice.
+        assert policy.fresh_for(DAILY, "IBM") is None
+        assert policy.fresh_for(QUOTE, "MSFT") is None
+        assert build.exchanges == ["XNYS"]
+    finally:
+        build.release.set()
+    assert hours.wait_for_sessions("XNYS", fetched) is not None
+    assert policy.fresh_for(DAILY, "IBM") == at(NEW_YORK, 11, 23, 16, 30) - fetched
+    assert build.exchanges == ["XNYS"]
+
+
+def test_an_exchange_without_a_calendar_is_not_built_again() -> None:
+    build = HeldBuild()
+    build.release.set()
+    hours = MarketHours(build)
+    assert hours.wait_for_sessions("XPAR-NOT-A-MIC", at(NEW_YORK, 11, 20, 17)) is None
+    assert hours.sessions("XPAR-NOT-A-MIC", at(NEW_YORK, 11, 20, 17)) is None
+    assert build.exchanges == ["XPAR-NOT-A-MIC"]
 
 
 def test_search_keeps_its_own_ttl() -> None:

@@ -14,17 +14,20 @@ from app.alphavantage import DAILY, QUOTE
 from app.errors import Throttled
 from app.freshness import MarketFreshness, Plan
 from app.limits import DAY, UpstreamLimits
-from app.market_hours import MarketHours
 from app.simulator import create_simulator
 from app.state import MemoryState
 from app.watchlist import RETRY_SECONDS, Watchlist
 from tests.conftest import FakeClock
 from tests.stock_service import RecordedEvents, stock_service
-from tests.test_freshness import LONDON, NEW_YORK, at
+from tests.test_freshness import HOURS, LONDON, NEW_YORK, at, build_calendars
 
-HOURS = MarketHours()
 SETTLE = 1800.0
 SYMBOLS = ("IBM", "MSFT", "TSCO.LON")
+
+
+@pytest.fixture(autouse=True)
+def calendars() -> None:
+    build_calendars(HOURS)
 
 
 class Setup:
