@@ -193,7 +193,9 @@ def test_search_keeps_its_own_ttl() -> None:
 
 
 def test_cache_freshness_picks_the_policy() -> None:
-    assert isinstance(freshness_policy(make_settings(), HOURS), MarketFreshness)
+    assert isinstance(
+        freshness_policy(make_settings(cache_freshness="market"), HOURS), MarketFreshness
+    )
     assert freshness_policy(make_settings(cache_freshness="fixed"), HOURS) is None
 
 

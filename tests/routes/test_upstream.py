@@ -206,7 +206,12 @@ class TestWatchlist:
     async def settings(self, tmp_path: Path) -> Settings:
         state_url = f"sqlite:///{tmp_path}/state.db"
         await refreshed_long_ago(state_url, API_KEY, ["IBM", "TSCO.LON"])  # due at startup
-        return make_settings(watchlist="ibm,TSCO.LON", upstream_daily_quota=25, state_url=state_url)
+        return make_settings(
+            watchlist="ibm,TSCO.LON",
+            cache_freshness="market",  # which a watchlist needs
+            upstream_daily_quota=25,
+            state_url=state_url,
+        )
 
     async def test_upstream_shows_each_symbols_last_and_next_refresh(
         self, api: httpx.AsyncClient, sim: SimulatorControl
