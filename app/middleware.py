@@ -31,8 +31,8 @@ _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 # Probes and scrapes arrive every few seconds; at INFO they would drown the requests.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 ENCODED_SLASH = b"%2f"
-CONTENT_TYPE = b"content-type"
-EVENT_STREAM = b"text/event-stream"
+# Set in the scope by a route whose answer is an event stream (it never ends by itself).
+EVENT_STREAM = "stock_service.event_stream"
 NOT_FOUND = JSONResponse({"detail": "Not Found"}, status_code=404)
 INTERNAL_ERROR = JSONResponse({"detail": "internal server error"}, status_code=500)
 
@@ -61,7 +61,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", ()), header]
-                if any(n == CONTENT_TYPE and v.startswith(EVENT_STREAM) for n, v in headers):
+                if scope.get(EVENT_STREAM):
                     stream_began = time.perf_counter()
                 if status >= 400 and not any(name == CACHE_CONTROL for name, _ in headers):
                     headers.append((CACHE_CONTROL, NO_STORE))  # an error is never reused

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from app.deps import ResourcesDep
 from app.errors import StoreUnavailable
+from app.middleware import EVENT_STREAM
 from app.models import ErrorBody, TransitionHistory
 from app.transition_log import HISTORY_LIMIT
 
@@ -30,12 +31,14 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no 
     responses={200: {"content": {"text/event-stream": {}}, "description": "The event stream"}},
 )
 async def breaker_events(
+    request: Request,
     resources: ResourcesDep,
     last_event_id: Annotated[int | None, Header(description="The last transition id seen")] = None,
 ) -> StreamingResponse:
     """The breakers' state, then each transition, a summary every EVENTS_SUMMARY_SECONDS and a
     heartbeat comment after EVENTS_HEARTBEAT_SECONDS without an event (the README has the
     events)."""
+    request.scope[EVENT_STREAM] = True  # its latency is the wait for it to begin
     return StreamingResponse(
         resources.events.stream(last_event_id),
         media_type="text/event-stream",
