@@ -14,6 +14,9 @@ import re
 import time
 from email.utils import formatdate
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from app.rendering import Rendered
 from app.service import Served
 
@@ -91,6 +94,27 @@ def cached_answer(
         ],
         rendered.body,
     )
+
+
+def cached_response(
+    request: Request,
+    served: Served[object],
+    rendered: Rendered,
+    representation: Headers,
+    *,
+    private: bool,
+) -> Response:
+    """cached_answer() as a route's Response, the If-None-Match read from `request`."""
+    status, headers, body = cached_answer(
+        served,
+        rendered,
+        representation,
+        private=private,
+        if_none_match=", ".join(request.headers.getlist("if-none-match")) or None,
+    )
+    response = Response(body, status)
+    response.raw_headers = headers
+    return response
 
 
 @functools.lru_cache(maxsize=1024)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from app import gateway
 from app.deps import authenticate, bearer_token, get_resources
 from app.errors import Throttled, Unauthorized
-from app.http_caching import cached_answer
+from app.http_caching import cached_response
 from app.rendering import Rendered, entity_tag
 
 router = APIRouter(tags=["gateway"])
@@ -49,14 +49,13 @@ async def query(request: Request) -> Response:
         # The service's own messages, Error Message answers with a 200 among them.
         headers = {**answer.headers, "Cache-Control": "no-store"}
         return Response(answer.body, answer.status_code, headers, media_type=answer.media_type)
-    status, caching, body = cached_answer(
+    return cached_response(
+        request,
         answer.served,
         Rendered(answer.body, entity_tag(answer.body)),  # rendered for each request
-        [(b"content-type", answer.media_type.encode())],
+        [
+            (b"content-type", answer.media_type.encode()),
+            *((k.lower().encode(), v.encode()) for k, v in answer.headers.items()),  # CSV's name
+        ],
         private=consumer is not None,
-        if_none_match=", ".join(request.headers.getlist("if-none-match")) or None,
     )
-    response = Response(body, status)
-    extra = answer.headers.items() if status == 200 else ()  # Content-Disposition
-    response.raw_headers = [*caching, *((k.lower().encode(), v.encode()) for k, v in extra)]
-    return response

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from app.deps import authenticate, bearer_token, get_resources
 from app.gateway import MAX_KEYWORDS_LENGTH, normalise_keywords
-from app.http_caching import cached_answer
+from app.http_caching import cached_response
 from app.models import SearchAnswer
 from app.rendering import JSON
 from app.routes.stock import ERRORS
@@ -37,13 +37,10 @@ async def search(keywords: Keywords, request: Request) -> Response:
     resources = await get_resources(request)
     consumer = await authenticate(resources, bearer_token(request))
     served = await resources.service.search(normalised, consumer)
-    status, headers, body = cached_answer(
+    return cached_response(
+        request,
         served,
         resources.renderer.search(served.value, served.source),
         [(b"content-type", JSON.encode())],
         private=consumer is not None,
-        if_none_match=", ".join(request.headers.getlist("if-none-match")) or None,
     )
-    response = Response(body, status)
-    response.raw_headers = headers
-    return response

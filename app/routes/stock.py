@@ -8,7 +8,7 @@ from app.alphavantage import DAILY, QUOTE
 from app.consumers import Consumer
 from app.deps import get_resources, request_consumer
 from app.hits import FastHit, request_key
-from app.http_caching import Headers, cached_answer
+from app.http_caching import Headers, cached_response
 from app.models import DailyPrices, DailySeries, ErrorBody, Quote, QuoteAnswer
 from app.rendering import CSV, JSON, Format, Rendered, negotiate
 from app.resources import Resources
@@ -142,13 +142,4 @@ def answer(
             request.scope["route"],
         )
         resources.hits.remember(request_key(request.scope), hit)
-    status, headers, body = cached_answer(
-        served,
-        rendered,
-        representation,
-        private=consumer is not None,
-        if_none_match=", ".join(request.headers.getlist("if-none-match")) or None,
-    )
-    response = Response(body, status)
-    response.raw_headers = headers
-    return response
+    return cached_response(request, served, rendered, representation, private=consumer is not None)
